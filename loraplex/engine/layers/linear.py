@@ -1,0 +1,114 @@
+"""Linear layers split across tensor-parallel ranks, and how checkpoint tensors load into them.
+
+Column-parallel layers split the output features (q/k/v, gate/up); row-parallel layers split the
+input features and all-reduce their partial sums (o, down). Fused layers keep their slices
+contiguous so one matmul computes q, k and v (or gate and up) together.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loraplex.engine.distributed import all_reduce, tp_rank, tp_size
+
+
+def _param(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape), requires_grad=False)
+
+
+def _shard(loaded: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """This rank's slice of `loaded` along `dim`, `size` wide."""
+    return loaded.narrow(dim, tp_rank() * size, size)
+
+
+class LinearBase(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = _param(out_features, in_features)
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = _param(out_features)
+            self.bias.weight_loader = self.weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        _copy(param.data, loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    if dst.shape != src.shape:
+        raise ValueError(
+            f"checkpoint tensor of shape {tuple(src.shape)} does not fit {tuple(dst.shape)}"
+        )
+    dst.copy_(src)
+
+
+class ColumnParallelLinear(LinearBase):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__(in_features, out_features // tp_size(), bias)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        _copy(param.data, _shard(loaded, 0, param.shape[0]))
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel outputs of one input in one weight (gate_up_proj)."""
+
+    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False) -> None:
+        self.output_sizes = output_sizes
+        super().__init__(in_features, sum(output_sizes), bias)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int) -> None:
+        size = self.output_sizes[shard_id] // tp_size()
+        offset = sum(self.output_sizes[:shard_id]) // tp_size()
+        _copy(param.data.narrow(0, offset, size), _shard(loaded, 0, size))
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """q, k and v projections in one weight; KV heads are replicated when fewer than ranks."""
+
+    def __init__(
+        self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool
+    ) -> None:
+        tp = tp_size()
+        self.head_dim = head_dim
+        self.num_heads = num_heads // tp
+        self.num_kv_heads = max(1, num_kv_heads // tp)
+        self.kv_replicas = max(1, tp // num_kv_heads)
+        out = (self.num_heads + 2 * self.num_kv_heads) * head_dim
+        LinearBase.__init__(self, hidden_size, out, bias)
+
+    @property
+    def output_sizes(self) -> list[int]:
+        q = self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        return [q, kv, kv]
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str) -> None:
+        q, kv, _ = self.output_sizes
+        offset, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[shard_id]
+        rank = tp_rank() if shard_id == "q" else tp_rank() // self.kv_replicas
+        _copy(param.data.narrow(0, offset, size), loaded.narrow(0, rank * size, size))
+
+
+class RowParallelLinear(LinearBase):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__(in_features // tp_size(), out_features, bias)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if param.dim() == 1:  # the bias is added once, after the reduction
+            _copy(param.data, loaded)
+        else:
+            _copy(param.data, _shard(loaded, 1, param.shape[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias if tp_rank() == 0 else None
+        return all_reduce(F.linear(x, self.weight, bias))

@@ -1,0 +1,241 @@
+"""The engine loop: requests in, one scheduled batch per `step()`, outputs out.
+
+`LLM` (offline) and `AsyncLLMEngine` (server) both drive this loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from loraplex.config import EngineConfig
+from loraplex.engine.args import EngineArgs
+from loraplex.engine.block_manager import BlockManager
+from loraplex.engine.detokenizer import IncrementalDetokenizer
+from loraplex.engine.model_runner import ModelRunner
+from loraplex.engine.sampler import Sampler
+from loraplex.engine.sampling_batch import SamplingBatch, make_generator
+from loraplex.engine.scheduler import Scheduler
+from loraplex.engine.sequence import Request, Sequence, SequenceStatus
+from loraplex.engine.stop_checker import check_stop, stop_string_holdback
+from loraplex.lora_request import LoRARequest
+from loraplex.outputs import CompletionOutput, RequestOutput
+from loraplex.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+PromptType = str | list[int] | dict[str, Any]
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        from transformers import AutoTokenizer
+
+        self.config = config
+        model_cfg = config.model
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model_cfg.tokenizer, trust_remote_code=model_cfg.trust_remote_code
+        )
+        self.model_runner = ModelRunner(config)
+        self.block_manager = BlockManager(self.model_runner.num_blocks, config.cache.block_size)
+        self.scheduler = Scheduler(config.scheduler, self.block_manager)
+        self.eos_token_ids = _eos_token_ids(self.tokenizer, model_cfg.model)
+        self.sampler = Sampler(model_cfg.vocab_size, self.eos_token_ids)
+        self.requests: dict[str, Request] = {}
+        self._seq_ids = itertools.count()
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
+        return cls(args.create_engine_config())
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.scheduler.max_model_len
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams | None = None,
+        lora_request: LoRARequest | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queue a request. Raises ValueError (and changes nothing) if it is malformed."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if lora_request is not None and self.config.lora is None:
+            raise ValueError(
+                "a LoRA adapter was requested but the engine runs with enable_lora=False"
+            )
+        text, token_ids = self._tokenize(prompt)
+        request = Request(request_id, text, token_ids, params, lora_request, arrival_time)
+        for index in range(params.n):
+            sample_params = params.for_sample(index) if params.n > 1 else params
+            seed = sample_params.seed
+            generator = None if seed is None else make_generator(seed, self.model_runner.device)
+            detokenizer = IncrementalDetokenizer(
+                self.tokenizer, token_ids, skip_special_tokens=params.skip_special_tokens
+            )
+            seq = Sequence(
+                next(self._seq_ids), request, index, sample_params, generator, detokenizer
+            )
+            request.seqs.append(seq)
+        self.requests[request_id] = request
+        for seq in request.seqs:
+            self.scheduler.add(seq)
+
+    def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                prompt = list(prompt["prompt_token_ids"])
+            elif "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise ValueError("a prompt dict needs a 'prompt' or 'prompt_token_ids' key")
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("the prompt is empty")
+            text, token_ids = prompt, self.tokenizer(prompt).input_ids
+        elif isinstance(prompt, list | tuple):
+            text, token_ids = None, list(prompt)
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+                raise ValueError("a token-id prompt must be a list of ints")
+        else:
+            raise ValueError(f"a prompt must be a string or a list of token ids, got {prompt!r}")
+        if not token_ids:
+            raise ValueError("the prompt is empty")
+        vocab = self.config.model.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"the prompt has {len(token_ids)} tokens, but max_model_len is "
+                f"{self.max_model_len} (prompt plus at least one generated token must fit)"
+            )
+        return text, token_ids
+
+    def abort_request(self, request_id: str | Iterable[str]) -> None:
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        for rid in ids:
+            request = self.requests.pop(rid, None)
+            if request is None:
+                continue
+            for seq in request.seqs:
+                if not seq.status.is_finished:
+                    seq.finish(SequenceStatus.FINISHED_ABORTED, "abort", None)
+                    self.scheduler.finish(seq)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.requests)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; return the cumulative output of every request that advanced."""
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        logits = self.model_runner.execute(batch)
+        sampling: list[Sequence] = []
+        touched: dict[str, Request] = {}
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed_tokens += num_new
+            if seq.num_computed_tokens == seq.num_tokens:
+                sampling.append(seq)
+        if sampling:
+            sampler_batch = SamplingBatch(
+                params=[seq.params for seq in sampling],
+                prompt_token_ids=[seq.request.prompt_token_ids for seq in sampling],
+                output_token_ids=[seq.output_token_ids for seq in sampling],
+                generators=[seq.generator for seq in sampling],
+            )
+            result = self.sampler(logits, sampler_batch)
+            for row, seq in enumerate(sampling):
+                self._advance(
+                    seq, result.token_ids[row], result.logprobs[row], result.top_logprobs[row]
+                )
+                touched[seq.request.request_id] = seq.request
+        return [self._output(request) for request in touched.values()]
+
+    def _advance(self, seq: Sequence, token_id: int, logprob: float, top: dict | None) -> None:
+        seq.append_token(token_id, logprob, top)
+        new_text = seq.detokenizer.add_token(token_id)
+        seq.text += new_text
+        decision = check_stop(
+            output_token_ids=seq.output_token_ids,
+            output_text=seq.text,
+            new_char_count=len(new_text),
+            params=seq.params,
+            eos_token_ids=self.eos_token_ids,
+            seq_len=seq.num_tokens,
+            max_model_len=self.max_model_len,
+        )
+        if decision is None:
+            return
+        if decision.truncate_to is not None:
+            seq.text = seq.text[: decision.truncate_to]
+        elif decision.stop_reason is None:
+            seq.text += seq.detokenizer.flush()  # an incomplete character held back at the end
+        status = (
+            SequenceStatus.FINISHED_LENGTH
+            if decision.finish_reason == "length"
+            else SequenceStatus.FINISHED_STOPPED
+        )
+        seq.finish(status, decision.finish_reason, decision.stop_reason)
+        self.scheduler.finish(seq)
+
+    def _output(self, request: Request) -> RequestOutput:
+        finished = request.is_finished
+        if finished:
+            self.requests.pop(request.request_id, None)
+        completions = []
+        for seq in request.seqs:
+            text = seq.text
+            if not seq.status.is_finished:
+                text = text[: len(text) - stop_string_holdback(text, seq.params.stop)]
+            completions.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=text,
+                    token_ids=list(seq.output_token_ids),
+                    cumulative_logprob=seq.cumulative_logprob,
+                    logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+                    finish_reason=seq.finish_reason,
+                    stop_reason=seq.stop_reason,
+                )
+            )
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=request.prompt,
+            prompt_token_ids=request.prompt_token_ids,
+            outputs=completions,
+            finished=finished,
+        )
+
+
+def _eos_token_ids(tokenizer: Any, model_dir: str) -> set[int]:
+    """EOS ids of the tokenizer and of generation_config.json (which may list several)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    generation_config = Path(model_dir) / "generation_config.json"
+    if generation_config.is_file():
+        eos = json.loads(generation_config.read_text()).get("eos_token_id")
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, list):
+            ids.update(e for e in eos if isinstance(e, int))
+    return ids

@@ -1,0 +1,193 @@
+"""Runs the model on one device: builds it, owns the KV cache, turns a scheduled batch into
+tensors, and returns the logits of the sequences that sample this step."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from loraplex.config import EngineConfig
+from loraplex.engine.context import ForwardContext, forward_context
+from loraplex.engine.loader import load_weights
+from loraplex.engine.models.registry import resolve_model_class
+from loraplex.engine.scheduler import ScheduledBatch
+from loraplex.kernels.reference import FP8_DTYPE
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@dataclass
+class ModelInput:
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    context: ForwardContext
+    logits_indices: torch.Tensor  # [num_sampling_seqs]: rows of the last token of each
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        model_cfg = config.model
+        self.device = model_cfg.device
+        self.dtype = model_cfg.dtype
+        self.block_size = config.cache.block_size
+        torch.manual_seed(model_cfg.seed)
+        model_class = resolve_model_class(model_cfg.hf_config)
+        with _default_dtype(self.dtype), torch.device(self.device):
+            self.model = model_class(model_cfg.hf_config)
+        load_weights(self.model, model_cfg.model)
+        self.model.eval()
+        self.attention_layers = [m for m in self.model.modules() if _is_attention(m)]
+        self.kv_dtype = FP8_DTYPE if config.cache.cache_dtype.startswith("fp8") else self.dtype
+        self.num_blocks = self._decide_num_blocks()
+        self._allocate_kv_cache()
+
+    # ---- KV cache -------------------------------------------------------------------------
+
+    @property
+    def bytes_per_block(self) -> int:
+        layer = self.attention_layers[0]
+        per_token = 2 * layer.num_kv_heads * layer.head_dim * self.kv_dtype.itemsize
+        return per_token * self.block_size * len(self.attention_layers)
+
+    def _decide_num_blocks(self) -> int:
+        cache, sched = self.config.cache, self.config.scheduler
+        if cache.num_blocks_override is not None:
+            num_blocks = cache.num_blocks_override
+        elif self.device.type == "cuda":
+            num_blocks = self._profile_num_blocks()
+        else:
+            useful = sched.max_num_seqs * -(-sched.max_model_len // self.block_size)
+            num_blocks = min(cache.cpu_kv_cache_bytes // self.bytes_per_block, useful)
+        capacity = num_blocks * self.block_size
+        if capacity < sched.max_model_len:
+            raise ValueError(
+                f"the KV cache holds {capacity} tokens ({num_blocks} blocks), fewer than "
+                f"max_model_len={sched.max_model_len}; lower max_model_len or give the cache "
+                "more memory (gpu_memory_utilization)"
+            )
+        return num_blocks
+
+    def _profile_num_blocks(self) -> int:
+        """Blocks that fit in the memory left after weights and a worst-case forward pass."""
+        sched = self.config.scheduler
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        tokens = min(sched.max_num_batched_tokens, sched.max_model_len)
+        probe_blocks = -(-tokens // self.block_size)
+        self.num_blocks = probe_blocks
+        self._allocate_kv_cache()
+        self._run_probe(tokens)
+        peak = torch.cuda.max_memory_allocated() - probe_blocks * self.bytes_per_block
+        for layer in self.attention_layers:
+            layer.k_cache = layer.v_cache = torch.empty(0)
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        used_by_others = total - free - torch.cuda.memory_allocated()
+        budget = total * self.config.cache.gpu_memory_utilization - used_by_others - peak
+        return max(int(budget // self.bytes_per_block), 0)
+
+    def _run_probe(self, num_tokens: int) -> None:
+        block_table = torch.arange(self.num_blocks, dtype=torch.int32, device=self.device)
+        ctx = ForwardContext(
+            slot_mapping=torch.arange(num_tokens, dtype=torch.int64, device=self.device),
+            block_tables=block_table[None, :],
+            context_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
+            cu_seqlens_q=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
+            max_query_len=num_tokens,
+            max_context_len=num_tokens,
+        )
+        ids = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
+        positions = torch.arange(num_tokens, dtype=torch.int64, device=self.device)
+        with torch.inference_mode(), forward_context(ctx):
+            hidden = self.model(ids, positions)
+            self.model.compute_logits(
+                hidden[-min(num_tokens, self.config.scheduler.max_num_seqs) :]
+            )
+        torch.cuda.synchronize()
+
+    def _allocate_kv_cache(self) -> None:
+        for layer in self.attention_layers:
+            shape = (self.num_blocks, self.block_size, layer.num_kv_heads, layer.head_dim)
+            layer.k_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+            layer.v_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+            if self.kv_dtype == FP8_DTYPE:
+                layer.k_scale = torch.ones((), dtype=torch.float32, device=self.device)
+                layer.v_scale = torch.ones((), dtype=torch.float32, device=self.device)
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB)",
+            self.num_blocks,
+            self.block_size,
+            self.num_blocks * self.bytes_per_block / 2**30,
+        )
+
+    # ---- forward --------------------------------------------------------------------------
+
+    def prepare(self, batch: ScheduledBatch) -> ModelInput:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        cu_seqlens = [0]
+        context_lens: list[int] = []
+        logits_indices: list[int] = []
+        bs = self.block_size
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            cu_seqlens.append(cu_seqlens[-1] + num_new)
+            context_lens.append(end)
+            if end == seq.num_tokens:
+                logits_indices.append(cu_seqlens[-1] - 1)
+        width = max(len(seq.block_table) for seq in batch.seqs)
+        tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq in batch.seqs]
+        to = self._to_device
+        ctx = ForwardContext(
+            slot_mapping=to(slots, torch.int64),
+            block_tables=to(tables, torch.int32),
+            context_lens=to(context_lens, torch.int32),
+            cu_seqlens_q=to(cu_seqlens, torch.int32),
+            max_query_len=max(batch.num_new_tokens),
+            max_context_len=max(context_lens),
+        )
+        return ModelInput(
+            input_ids=to(input_ids, torch.int64),
+            positions=to(positions, torch.int64),
+            context=ctx,
+            logits_indices=to(logits_indices, torch.int64),
+        )
+
+    def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        pin = self.device.type == "cuda"
+        tensor = torch.tensor(values, dtype=dtype, pin_memory=pin)
+        return tensor.to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Float32 logits [num_sampling_seqs, vocab] for the sequences that finish their
+        prompt or decode this step, in batch order."""
+        model_input = self.prepare(batch)
+        with forward_context(model_input.context):
+            hidden = self.model(model_input.input_ids, model_input.positions)
+            return self.model.compute_logits(hidden[model_input.logits_indices])
+
+
+def _is_attention(module: torch.nn.Module) -> bool:
+    from loraplex.engine.layers.attention import Attention
+
+    return isinstance(module, Attention)

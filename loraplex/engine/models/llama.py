@@ -1,0 +1,139 @@
+"""The Llama family: Llama, Mistral and Qwen2 share one decoder, differing only in config.
+
+Qwen2 adds biases to q/k/v; Mistral (and Qwen2 when enabled) use a sliding attention window;
+Llama may use llama3 / linear rope scaling and optional attention / MLP biases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from loraplex.engine.distributed import tp_size
+from loraplex.engine.layers.activation import SiluAndMul
+from loraplex.engine.layers.attention import Attention
+from loraplex.engine.layers.embed import ParallelLMHead, VocabParallelEmbedding
+from loraplex.engine.layers.linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
+from loraplex.engine.layers.norm import RMSNorm
+from loraplex.engine.layers.rotary import RotaryEmbedding, rope_parameters
+
+
+def _sliding_window(cfg: Any, layer_index: int) -> int | None:
+    layer_types = getattr(cfg, "layer_types", None)
+    window = getattr(cfg, "sliding_window", None)
+    if layer_types is not None:
+        return window if layer_types[layer_index] == "sliding_attention" else None
+    if cfg.model_type == "qwen2" and not getattr(cfg, "use_sliding_window", False):
+        return None
+    return window
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: Any, layer_index: int) -> None:
+        super().__init__()
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        qkv_bias = cfg.model_type == "qwen2" or getattr(cfg, "attention_bias", False)
+        o_bias = cfg.model_type != "qwen2" and getattr(cfg, "attention_bias", False)
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size, head_dim, cfg.num_attention_heads, num_kv_heads, qkv_bias
+        )
+        self.o_proj = RowParallelLinear(cfg.num_attention_heads * head_dim, cfg.hidden_size, o_bias)
+        self.num_heads = self.qkv_proj.num_heads
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.head_dim = head_dim
+        self.rotary = RotaryEmbedding(head_dim, cfg.max_position_embeddings, rope_parameters(cfg))
+        self.attn = Attention(
+            self.num_heads,
+            self.num_kv_heads,
+            head_dim,
+            scale=head_dim**-0.5,
+            sliding_window=_sliding_window(cfg, layer_index),
+        )
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)
+        q, k, v = qkv.split(self.qkv_proj.output_sizes, dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(positions, q, k)
+        return self.o_proj(self.attn(q, k, v))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        if cfg.hidden_act != "silu":
+            raise ValueError(f"hidden_act={cfg.hidden_act!r} is not supported (only 'silu')")
+        bias = getattr(cfg, "mlp_bias", False)
+        size = cfg.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [size, size], bias)
+        self.down_proj = RowParallelLinear(size, cfg.hidden_size, bias)
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: Any, layer_index: int) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg, layer_index)
+        self.mlp = LlamaMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden))
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            hidden = layer(positions, hidden)
+        return self.norm(hidden)
+
+
+class LlamaForCausalLM(nn.Module):
+    # checkpoint module name -> (fused module here, slice of it)
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        if cfg.num_attention_heads % tp_size():
+            raise ValueError(
+                f"num_attention_heads={cfg.num_attention_heads} is not divisible by "
+                f"tensor_parallel_size={tp_size()}"
+            )
+        self.config = cfg
+        self.model = LlamaModel(cfg)
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
+        if getattr(cfg, "tie_word_embeddings", False):
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden)

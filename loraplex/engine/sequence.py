@@ -1,0 +1,124 @@
+"""Requests and the sequences they generate.
+
+A request with `n` samples becomes `n` independent sequences: each is scheduled, paged and
+preempted on its own (as vLLM V1 fans out parallel sampling), and the request gathers their
+outputs.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from loraplex.lora_request import LoRARequest
+    from loraplex.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = enum.auto()
+    RUNNING = enum.auto()
+    FINISHED_STOPPED = enum.auto()
+    FINISHED_LENGTH = enum.auto()
+    FINISHED_ABORTED = enum.auto()
+
+    @property
+    def is_finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = {
+    SequenceStatus.FINISHED_STOPPED,
+    SequenceStatus.FINISHED_LENGTH,
+    SequenceStatus.FINISHED_ABORTED,
+}
+
+
+class Request:
+    """What a caller asked for: one prompt, its sampling parameters and optional adapter."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt: str | None,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora_request: LoRARequest | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.params = params
+        self.lora_request = lora_request
+        self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
+        self.seqs: list[Sequence] = []
+
+    @property
+    def is_finished(self) -> bool:
+        return all(seq.status.is_finished for seq in self.seqs)
+
+
+class Sequence:
+    """One continuation of a request's prompt: the unit of scheduling and KV paging."""
+
+    def __init__(
+        self,
+        seq_id: int,
+        request: Request,
+        index: int,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+        detokenizer: Any,
+    ) -> None:
+        self.seq_id = seq_id
+        self.request = request
+        self.index = index  # position among the request's n samples
+        self.params = params  # this sample's own parameters (its seed differs when n > 1)
+        self.token_ids: list[int] = list(request.prompt_token_ids)
+        self.num_prompt_tokens = len(request.prompt_token_ids)
+        # Tokens whose K/V are in the cache; reset to 0 when preempted (recomputed later).
+        self.num_computed_tokens = 0
+        self.block_table: list[int] = []
+        self.status = SequenceStatus.WAITING
+        self.generator = generator
+        self.detokenizer = detokenizer
+        self.text = ""
+        self.cumulative_logprob = 0.0
+        self.logprobs: list[dict[int, float]] | None = (
+            [] if request.params.logprobs is not None else None
+        )
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    def append_token(
+        self, token_id: int, logprob: float, top_logprobs: dict[int, float] | None
+    ) -> None:
+        self.token_ids.append(token_id)
+        self.cumulative_logprob += logprob
+        if self.logprobs is not None:
+            self.logprobs.append(top_logprobs or {token_id: logprob})
+
+    def finish(self, status: SequenceStatus, reason: str, stop_reason: int | str | None) -> None:
+        self.status = status
+        self.finish_reason = reason
+        self.stop_reason = stop_reason

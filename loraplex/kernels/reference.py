@@ -1,0 +1,107 @@
+"""Pure-torch references for every kernel in this package.
+
+They define the semantics the Triton kernels must match, run the engine on CPU, and serve as the
+ground truth in tests. Clarity over speed: loops over sequences are fine here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+
+
+def store_kv_ref(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
+    """Write new tokens' keys and values into the paged cache.
+
+    key, value: [T, Hkv, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D];
+    slot_mapping: [T] int64, slot = block_id * block_size + offset, -1 = padding (skipped).
+    With an fp8 cache, stores key / k_scale (and value / v_scale) as float8_e4m3fn.
+    """
+    valid = slot_mapping >= 0
+    slots = slot_mapping[valid]
+    k, v = key[valid], value[valid]
+    if k_cache.dtype == FP8_DTYPE:
+        k = _to_fp8(k, k_scale)
+        v = _to_fp8(v, v_scale)
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = k.to(k_cache.dtype)
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = v.to(v_cache.dtype)
+
+
+def _to_fp8(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    x = x.float() / (scale.float() if scale is not None else 1.0)
+    finfo = torch.finfo(FP8_DTYPE)
+    return x.clamp(finfo.min, finfo.max).to(FP8_DTYPE)
+
+
+def gather_context(
+    cache: torch.Tensor, block_table: torch.Tensor, context_len: int, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """The first `context_len` cached tokens of one sequence, [context_len, Hkv, D] in float32."""
+    block_size = cache.shape[1]
+    num_blocks = (context_len + block_size - 1) // block_size
+    blocks = cache[block_table[:num_blocks].long()]
+    tokens = blocks.reshape(-1, *cache.shape[2:])[:context_len].float()
+    if cache.dtype == FP8_DTYPE and scale is not None:
+        tokens = tokens * scale.float()
+    return tokens
+
+
+def paged_attention_ref(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    *,
+    scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of variable-length query segments over each sequence's paged context.
+
+    query: [T, Hq, D], the queries of all sequences back to back; segment s is
+    query[cu_seqlens_q[s]:cu_seqlens_q[s+1]] and holds the *last* q_len tokens of a sequence
+    whose cache (already including them) has context_lens[s] tokens. Query i of the segment sits
+    at position p = context_len - q_len + i and attends to keys at positions j with j <= p
+    (and p - j < sliding_window when a window is set). Decode is the case q_len == 1; chunked
+    prefill and cached prefixes are q_len < context_len.
+    block_tables: [S, max_blocks] int32; context_lens: [S] int32; cu_seqlens_q: [S+1] int32.
+    GQA: query head h reads KV head h // (Hq // Hkv). Returns [T, Hq, D] in query's dtype.
+    """
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(query)
+    cu = cu_seqlens_q.tolist()
+    lens = context_lens.tolist()
+    for s, context_len in enumerate(lens):
+        start, end = cu[s], cu[s + 1]
+        q_len = end - start
+        if q_len == 0:
+            continue
+        k = gather_context(k_cache, block_tables[s], context_len, k_scale)
+        v = gather_context(v_cache, block_tables[s], context_len, v_scale)
+        k = k.repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, L, D]
+        v = v.repeat_interleave(group, dim=1).transpose(0, 1)
+        q = query[start:end].float().transpose(0, 1)  # [Hq, q_len, D]
+        scores = torch.matmul(q, k.transpose(1, 2)) * scale  # [Hq, q_len, L]
+        q_pos = torch.arange(context_len - q_len, context_len).unsqueeze(1)
+        k_pos = torch.arange(context_len).unsqueeze(0)
+        allowed = k_pos <= q_pos
+        if sliding_window is not None:
+            allowed &= (q_pos - k_pos) < sliding_window
+        scores = scores.masked_fill(~allowed.to(scores.device), float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[start:end] = torch.matmul(probs, v).transpose(0, 1).to(query.dtype)
+    return out

@@ -1,0 +1,39 @@
+import os
+
+import pytest
+import torch
+
+# Triton decides at decoration time whether to interpret, so this must precede any kernel import.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Engine tests run on this device: cpu here and in CI, cuda on the GPU machine.
+TEST_DEVICE = os.environ.get("LORAPLEX_TEST_DEVICE", "cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests fail, rather than skip, when selected on a machine without a GPU."""
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.usefixtures("require_gpu"))
+
+
+@pytest.fixture
+def require_gpu():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.fail("this test needs a CUDA GPU (run it on the GPU machine with -m gpu)")
+
+
+@pytest.fixture(scope="session")
+def test_device() -> str:
+    return TEST_DEVICE
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs():
+    """Tiny random checkpoints of each supported architecture, built once per cache key."""
+    from loraplex.modelgen import cached_model
+
+    return {arch: str(cached_model("tiny", arch)) for arch in ("llama", "mistral", "qwen2")}

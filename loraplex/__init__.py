@@ -12,6 +12,8 @@ _EXPORTS = {
     "LLM": "loraplex.engine.llm",
     "EngineArgs": "loraplex.engine.args",
     "LLMEngine": "loraplex.engine.llm_engine",
+    "AsyncEngineArgs": "loraplex.engine.async_engine",
+    "AsyncLLMEngine": "loraplex.engine.async_engine",
     "SamplingParams": "loraplex.sampling_params",
     "LoRARequest": "loraplex.lora_request",
     "RequestOutput": "loraplex.outputs",
@@ -22,6 +24,7 @@ __all__ = [*_EXPORTS, "random_uuid"]
 
 if TYPE_CHECKING:
     from loraplex.engine.args import EngineArgs
+    from loraplex.engine.async_engine import AsyncEngineArgs, AsyncLLMEngine
     from loraplex.engine.llm import LLM
     from loraplex.engine.llm_engine import LLMEngine
     from loraplex.lora_request import LoRARequest

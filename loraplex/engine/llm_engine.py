@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from loraplex.config import EngineConfig
 from loraplex.engine.args import EngineArgs
 from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.detokenizer import IncrementalDetokenizer
+from loraplex.engine.lora.adapter import LoRAAdapter
+from loraplex.engine.lora.manager import LoRAManager
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampler import Sampler
 from loraplex.engine.sampling_batch import SamplingBatch, make_generator
@@ -31,6 +34,15 @@ logger = logging.getLogger(__name__)
 PromptType = str | list[int] | dict[str, Any]
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int  # sequences holding KV blocks
+    num_waiting: int  # sequences queued (new or preempted)
+    kv_cache_usage: float  # fraction of KV blocks in use
+    num_kv_blocks: int
+    num_preemptions: int  # since start
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         from transformers import AutoTokenizer
@@ -42,7 +54,23 @@ class LLMEngine:
         )
         self.model_runner = ModelRunner(config)
         self.block_manager = BlockManager(self.model_runner.num_blocks, config.cache.block_size)
-        self.scheduler = Scheduler(config.scheduler, self.block_manager)
+        self.lora_manager: LoRAManager | None = None
+        if config.lora is not None:
+            self.lora_manager = LoRAManager(
+                config.lora,
+                model_cfg.hf_config,
+                model_cfg.dtype,
+                model_cfg.device,
+                self.model_runner.lora_layers,
+            )
+            self.scheduler = Scheduler(
+                config.scheduler,
+                self.block_manager,
+                max_loras=config.lora.max_loras,
+                reserved_loras=self.lora_manager.pinned_resident,
+            )
+        else:
+            self.scheduler = Scheduler(config.scheduler, self.block_manager)
         self.eos_token_ids = _eos_token_ids(self.tokenizer, model_cfg.model)
         self.sampler = Sampler(model_cfg.vocab_size, self.eos_token_ids)
         self.requests: dict[str, Request] = {}
@@ -67,17 +95,26 @@ class LLMEngine:
         arrival_time: float | None = None,
     ) -> None:
         """Queue a request. Raises ValueError (and changes nothing) if it is malformed."""
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        self.enqueue(self.make_request(request_id, prompt, params, lora_request, arrival_time))
+
+    def make_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams | None = None,
+        lora_request: LoRARequest | None = None,
+        arrival_time: float | None = None,
+    ) -> Request:
+        """Validate and tokenize a request without touching engine state (any thread may)."""
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
-        if request_id in self.requests:
-            raise ValueError(f"request id {request_id!r} is already in use")
-        if lora_request is not None and self.config.lora is None:
-            raise ValueError(
-                "a LoRA adapter was requested but the engine runs with enable_lora=False"
-            )
         text, token_ids = self._tokenize(prompt)
         request = Request(request_id, text, token_ids, params, lora_request, arrival_time)
+        if lora_request is not None:
+            request.lora_adapter = self._lora(lora_request)
         for index in range(params.n):
             sample_params = params.for_sample(index) if params.n > 1 else params
             seed = sample_params.seed
@@ -85,11 +122,15 @@ class LLMEngine:
             detokenizer = IncrementalDetokenizer(
                 self.tokenizer, token_ids, skip_special_tokens=params.skip_special_tokens
             )
-            seq = Sequence(
-                next(self._seq_ids), request, index, sample_params, generator, detokenizer
+            request.seqs.append(
+                Sequence(next(self._seq_ids), request, index, sample_params, generator, detokenizer)
             )
-            request.seqs.append(seq)
-        self.requests[request_id] = request
+        return request
+
+    def enqueue(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        self.requests[request.request_id] = request
         for seq in request.seqs:
             self.scheduler.add(seq)
 
@@ -124,6 +165,36 @@ class LLMEngine:
             )
         return text, token_ids
 
+    # ---- adapters (vLLM's names) ----------------------------------------------------------
+
+    def _require_lora(self) -> LoRAManager:
+        if self.lora_manager is None:
+            raise ValueError(
+                "a LoRA adapter was requested but the engine runs with enable_lora=False"
+            )
+        return self.lora_manager
+
+    def _lora(self, lora_request: LoRARequest) -> LoRAAdapter:
+        if not isinstance(lora_request, LoRARequest):
+            raise ValueError(f"lora_request must be a LoRARequest, got {lora_request!r}")
+        return self._require_lora().get(lora_request)
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Load an adapter into CPU memory ahead of use; False if it was there already."""
+        self._lora(lora_request)
+        return self._require_lora().add(lora_request)
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        """Forget an adapter. Requests already using it finish with it unchanged."""
+        return self._require_lora().remove(lora_int_id, set(self.scheduler.running_loras))
+
+    def list_loras(self) -> set[int]:
+        return self._require_lora().list_ids()
+
+    def pin_lora(self, lora_int_id: int) -> bool:
+        """Keep a known adapter in a GPU slot for good; False if the id is unknown."""
+        return self._require_lora().pin(lora_int_id, set(self.scheduler.running_loras))
+
     def abort_request(self, request_id: str | Iterable[str]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
         for rid in ids:
@@ -141,6 +212,16 @@ class LLMEngine:
     def get_num_unfinished_requests(self) -> int:
         return len(self.requests)
 
+    def stats(self) -> EngineStats:
+        scheduler = self.scheduler
+        return EngineStats(
+            num_running=len(scheduler.running),
+            num_waiting=len(scheduler.waiting),
+            kv_cache_usage=self.block_manager.usage,
+            num_kv_blocks=self.block_manager.num_blocks,
+            num_preemptions=scheduler.num_preemptions,
+        )
+
     # ---- the loop -------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
@@ -148,7 +229,13 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return []
-        logits = self.model_runner.execute(batch)
+        lora_slots = None
+        if self.lora_manager is not None:
+            needed = {seq.request.lora_adapter for seq in batch.seqs} - {None}
+            if needed:
+                in_use = set(self.scheduler.running_loras)
+                lora_slots = self.lora_manager.activate(needed, in_use)
+        logits = self.model_runner.execute(batch, lora_slots)
         sampling: list[Sequence] = []
         touched: dict[str, Request] = {}
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
@@ -187,7 +274,7 @@ class LLMEngine:
             return
         if decision.truncate_to is not None:
             seq.text = seq.text[: decision.truncate_to]
-        elif decision.stop_reason is None:
+        else:
             seq.text += seq.detokenizer.flush()  # an incomplete character held back at the end
         status = (
             SequenceStatus.FINISHED_LENGTH

@@ -181,7 +181,8 @@ class LLMEngine:
 
     def add_lora(self, lora_request: LoRARequest) -> bool:
         """Load an adapter into CPU memory ahead of use; False if it was there already."""
-        self._lora(lora_request)
+        if not isinstance(lora_request, LoRARequest):
+            raise ValueError(f"lora_request must be a LoRARequest, got {lora_request!r}")
         return self._require_lora().add(lora_request)
 
     def remove_lora(self, lora_int_id: int) -> bool:

@@ -11,9 +11,11 @@ import torch
 
 from loraplex.config import EngineConfig
 from loraplex.engine.context import ForwardContext, forward_context
+from loraplex.engine.layers.lora import apply_lora
 from loraplex.engine.loader import load_weights
 from loraplex.engine.models.registry import resolve_model_class
 from loraplex.engine.scheduler import ScheduledBatch
+from loraplex.kernels.lora_meta import LoRAKernelMeta
 from loraplex.kernels.reference import FP8_DTYPE
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,11 @@ class ModelRunner:
             self.model = model_class(model_cfg.hf_config)
         load_weights(self.model, model_cfg.model)
         self.model.eval()
+        self.lora_layers = {}
+        if config.lora is not None:
+            self.lora_layers = apply_lora(
+                self.model, config.lora.max_loras, config.lora.max_lora_rank
+            )
         self.attention_layers = [m for m in self.model.modules() if _is_attention(m)]
         self.kv_dtype = FP8_DTYPE if config.cache.cache_dtype.startswith("fp8") else self.dtype
         self.num_blocks = self._decide_num_blocks()
@@ -136,13 +143,15 @@ class ModelRunner:
 
     # ---- forward --------------------------------------------------------------------------
 
-    def prepare(self, batch: ScheduledBatch) -> ModelInput:
+    def prepare(self, batch: ScheduledBatch, lora_slots: dict | None = None) -> ModelInput:
+        """Tensors of one step; `lora_slots` maps each adapter in the batch to its GPU slot."""
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         cu_seqlens = [0]
         context_lens: list[int] = []
         logits_indices: list[int] = []
+        token_lora: list[int] = []
         bs = self.block_size
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
@@ -152,6 +161,8 @@ class ModelRunner:
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             cu_seqlens.append(cu_seqlens[-1] + num_new)
             context_lens.append(end)
+            if lora_slots:
+                token_lora.extend([lora_slots.get(seq.request.lora_adapter, -1)] * num_new)
             if end == seq.num_tokens:
                 logits_indices.append(cu_seqlens[-1] - 1)
         width = max(len(seq.block_table) for seq in batch.seqs)
@@ -165,6 +176,12 @@ class ModelRunner:
             max_query_len=max(batch.num_new_tokens),
             max_context_len=max(context_lens),
         )
+        if lora_slots:
+            ctx.lora = LoRAKernelMeta.build(
+                to(token_lora, torch.int32),
+                self.config.lora.max_loras,
+                prefill=ctx.max_query_len > 1,
+            )
         return ModelInput(
             input_ids=to(input_ids, torch.int64),
             positions=to(positions, torch.int64),
@@ -178,10 +195,10 @@ class ModelRunner:
         return tensor.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
+    def execute(self, batch: ScheduledBatch, lora_slots: dict | None = None) -> torch.Tensor:
         """Float32 logits [num_sampling_seqs, vocab] for the sequences that finish their
         prompt or decode this step, in batch order."""
-        model_input = self.prepare(batch)
+        model_input = self.prepare(batch, lora_slots)
         with forward_context(model_input.context):
             hidden = self.model(model_input.input_ids, model_input.positions)
             return self.model.compute_logits(hidden[model_input.logits_indices])

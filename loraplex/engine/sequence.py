@@ -54,6 +54,7 @@ class Request:
         self.prompt_token_ids = prompt_token_ids
         self.params = params
         self.lora_request = lora_request
+        self.lora_adapter: Any = None  # the loaded adapter, held for the request's whole life
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
         self.seqs: list[Sequence] = []
 

@@ -63,12 +63,12 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel outputs of one input in one weight (gate_up_proj)."""
 
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False) -> None:
-        self.output_sizes = output_sizes
         super().__init__(in_features, sum(output_sizes), bias)
+        self.output_sizes = [size // tp_size() for size in output_sizes]  # this rank's slices
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int) -> None:
-        size = self.output_sizes[shard_id] // tp_size()
-        offset = sum(self.output_sizes[:shard_id]) // tp_size()
+        size = self.output_sizes[shard_id]
+        offset = sum(self.output_sizes[:shard_id])
         _copy(param.data.narrow(0, offset, size), _shard(loaded, 0, size))
 
 

@@ -45,6 +45,7 @@ class LlamaAttention(nn.Module):
             cfg.hidden_size, head_dim, cfg.num_attention_heads, num_kv_heads, qkv_bias
         )
         self.o_proj = RowParallelLinear(cfg.num_attention_heads * head_dim, cfg.hidden_size, o_bias)
+        self.qkv_sizes = self.qkv_proj.output_sizes  # kept: LoRA may wrap qkv_proj
         self.num_heads = self.qkv_proj.num_heads
         self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.head_dim = head_dim
@@ -59,7 +60,7 @@ class LlamaAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)
-        q, k, v = qkv.split(self.qkv_proj.output_sizes, dim=-1)
+        q, k, v = qkv.split(self.qkv_sizes, dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)

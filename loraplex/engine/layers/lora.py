@@ -1,0 +1,87 @@
+"""LoRA around the engine's linear layers: per-slot A and B buffers for each output slice.
+
+A fused projection (q/k/v, gate/up) keeps one buffer pair per slice, so one shrink and one
+expand launch serve all its slices. Slots hold adapters already scaled and in the model dtype;
+tokens whose slot is -1 (base model) get nothing added. With no adapter in the batch the
+forward context carries no LoRA metadata and the layer costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from loraplex.engine.context import get_forward_context
+from loraplex.engine.layers.linear import LinearBase
+from loraplex.kernels.reference import lora_expand_ref, lora_shrink_ref
+
+# Checkpoint module -> (attribute path of the engine's fused layer, slice index in it).
+LORA_TARGETS: dict[str, tuple[str, int]] = {
+    "q_proj": ("self_attn.qkv_proj", 0),
+    "k_proj": ("self_attn.qkv_proj", 1),
+    "v_proj": ("self_attn.qkv_proj", 2),
+    "o_proj": ("self_attn.o_proj", 0),
+    "gate_proj": ("mlp.gate_up_proj", 0),
+    "up_proj": ("mlp.gate_up_proj", 1),
+    "down_proj": ("mlp.down_proj", 0),
+}
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: LinearBase, num_slots: int, max_rank: int) -> None:
+        super().__init__()
+        self.base = base
+        sizes = list(getattr(base, "output_sizes", [base.out_features]))
+        weight = base.weight
+        self.slice_offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
+        like = {"dtype": weight.dtype, "device": weight.device}
+        self.lora_a = tuple(
+            torch.zeros(num_slots, max_rank, base.in_features, **like) for _ in sizes
+        )
+        self.lora_b = tuple(torch.zeros(num_slots, size, max_rank, **like) for size in sizes)
+
+    def clear_slot(self, slot: int) -> None:
+        for a, b in zip(self.lora_a, self.lora_b, strict=True):
+            a[slot].zero_()
+            b[slot].zero_()
+
+    def set_slot(self, slot: int, slice_index: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        """a: [r, in], b: [out_slice, r] with r <= max_rank; the remaining rank stays zero."""
+        rank = a.shape[0]
+        self.lora_a[slice_index][slot, :rank].copy_(a, non_blocking=True)
+        self.lora_b[slice_index][slot, :, :rank].copy_(b, non_blocking=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        meta = get_forward_context().lora
+        if meta is None:
+            return out
+        x = x.contiguous()
+        y = torch.empty(len(self.lora_a), x.shape[0], self.lora_a[0].shape[1], device=x.device)
+        if x.is_cuda:
+            from loraplex import kernels
+
+            kernels.lora_shrink(x, self.lora_a, meta, y)
+            kernels.lora_expand(y, self.lora_b, meta, out, self.slice_offsets)
+        else:
+            lora_shrink_ref(x, self.lora_a, meta.token_lora, y)
+            lora_expand_ref(y, self.lora_b, meta.token_lora, out, self.slice_offsets)
+        return out
+
+
+def apply_lora(
+    model: nn.Module, num_slots: int, max_rank: int
+) -> dict[tuple[int, str], LoRALinear]:
+    """Wrap every LoRA-capable layer of each decoder layer in place.
+
+    Returns the wrappers keyed by (layer index, fused attribute path) for the slot loader.
+    """
+    wrapped: dict[tuple[int, str], LoRALinear] = {}
+    for index, layer in enumerate(model.model.layers):
+        for path in dict.fromkeys(target for target, _ in LORA_TARGETS.values()):
+            parent_path, name = path.rsplit(".", 1)
+            parent = layer.get_submodule(parent_path)
+            lora = LoRALinear(getattr(parent, name), num_slots, max_rank)
+            setattr(parent, name, lora)
+            wrapped[(index, path)] = lora
+    return wrapped

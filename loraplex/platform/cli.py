@@ -26,12 +26,21 @@ def _add_make_model(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_make_model, command_parser=parser)
 
 
+def _add_demo(subcommands: argparse._SubParsersAction) -> None:
+    from loraplex.platform.demo import add_demo_arguments, run_demo
+
+    parser = subcommands.add_parser("demo", help="generate offline with a locally made model")
+    add_demo_arguments(parser)
+    parser.set_defaults(handler=run_demo, command_parser=parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraplex", description="Multi-tenant multi-LoRA LLM serving."
     )
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_make_model(subcommands)
+    _add_demo(subcommands)
     return parser
 
 

@@ -10,11 +10,13 @@ event loop never waits for a forward pass. A loop that dies fails every waiting 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from loraplex.engine.args import EngineArgs
 from loraplex.engine.llm_engine import EngineStats, LLMEngine, PromptType
@@ -23,6 +25,7 @@ from loraplex.outputs import RequestOutput
 from loraplex.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EngineDeadError(RuntimeError):
@@ -89,7 +92,10 @@ class AsyncLLMEngine:
         self._check_alive()
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use")
-        request = self.engine.make_request(request_id, prompt, sampling_params, lora_request)
+        # Tokenizing and loading an adapter from disk take a while: not on the event loop.
+        request = await asyncio.to_thread(
+            self.engine.make_request, request_id, prompt, sampling_params, lora_request
+        )
         stream = _RequestStream(asyncio.get_running_loop())
         self._streams[request_id] = stream
         if self.log_requests:
@@ -109,6 +115,26 @@ class AsyncLLMEngine:
             self._streams.pop(request_id, None)
             if not finished:
                 self._send("abort", request_id)
+
+    async def call_engine(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Run `fn(engine)` on the engine thread between steps (adapter slots, pins, removal
+        change state the step loop reads) and return its result or raise its error."""
+        self._check_alive()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._send("call", (fn, future))
+        return await asyncio.wrap_future(future)
+
+    async def add_lora(self, lora_request: LoRARequest) -> bool:
+        return await self.call_engine(lambda engine: engine.add_lora(lora_request))
+
+    async def remove_lora(self, lora_int_id: int) -> bool:
+        return await self.call_engine(lambda engine: engine.remove_lora(lora_int_id))
+
+    async def pin_lora(self, lora_int_id: int) -> bool:
+        return await self.call_engine(lambda engine: engine.pin_lora(lora_int_id))
+
+    async def list_loras(self) -> set[int]:
+        return await self.call_engine(lambda engine: engine.list_loras())
 
     async def abort(self, request_id: str) -> None:
         self._streams.pop(request_id, None)
@@ -149,6 +175,16 @@ class AsyncLLMEngine:
             dead = EngineDeadError(f"the engine stopped after an error: {exc!r}")
             for stream in list(self._streams.values()):
                 stream.put(dead)
+            self._fail_pending_calls(dead)
+
+    def _fail_pending_calls(self, error: BaseException) -> None:
+        while True:
+            try:
+                command, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command == "call":
+                payload[1].set_exception(error)
 
     def _drain_commands(self) -> None:
         while True:
@@ -163,5 +199,11 @@ class AsyncLLMEngine:
                     stream = self._streams.get(payload.request_id)
                     if stream is not None:
                         stream.put(exc)
+            elif command == "call":
+                fn, future = payload
+                try:
+                    future.set_result(fn(self.engine))
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    future.set_exception(exc)
             else:
                 self.engine.abort_request(payload)

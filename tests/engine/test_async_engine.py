@@ -101,3 +101,40 @@ def test_dead_loop_fails_waiting_requests_and_reports_unhealthy(engine):
     assert not engine.is_healthy
     with pytest.raises(EngineDeadError):
         asyncio.run(main())
+
+
+def test_adapter_calls_run_on_the_engine_thread(tiny_model_dirs, test_device, tmp_path):
+    from loraplex import LoRARequest
+
+    from .peft_adapters import make_adapters
+
+    adapter = make_adapters(tiny_model_dirs["llama"], tmp_path, 1)[0]
+    args = AsyncEngineArgs(
+        model=tiny_model_dirs["llama"],
+        dtype="float32",
+        device=test_device,
+        max_model_len=128,
+        enable_lora=True,
+        max_loras=2,
+        max_lora_rank=8,
+    )
+    engine = AsyncLLMEngine.from_engine_args(args)
+    try:
+        request = LoRARequest("a", 3, str(adapter))
+
+        async def main():
+            assert await engine.add_lora(request) is True
+            assert await engine.list_loras() == {3}
+            assert await engine.pin_lora(3) is True
+            with pytest.raises(ValueError, match="already used"):
+                await engine.add_lora(LoRARequest("b", 3, str(tmp_path)))
+            outputs = [
+                o async for o in engine.generate("hi", SamplingParams(max_tokens=3), "x", request)
+            ]
+            assert await engine.remove_lora(3) is True
+            return outputs
+
+        outputs = asyncio.run(main())
+        assert outputs[-1].finished
+    finally:
+        engine.shutdown()

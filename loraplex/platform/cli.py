@@ -34,6 +34,27 @@ def _add_demo(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_demo, command_parser=parser)
 
 
+def _run_db(args: argparse.Namespace) -> int:
+    from loraplex.adapters import migrate
+    from loraplex.platform.settings import get_settings
+
+    url = args.database_url or get_settings().database_url
+    if args.action == "upgrade":
+        migrate.upgrade(url, args.revision or "head")
+    else:
+        migrate.downgrade(url, args.revision or "base")
+    print(f"database at revision {migrate.current_revision(url)}")
+    return 0
+
+
+def _add_db(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser("db", help="apply or undo database migrations")
+    parser.add_argument("action", choices=["upgrade", "downgrade"])
+    parser.add_argument("revision", nargs="?", help="target (default: head / base)")
+    parser.add_argument("--database-url", help="default: LORAPLEX_DATABASE_URL or the embedded one")
+    parser.set_defaults(handler=_run_db, command_parser=parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraplex", description="Multi-tenant multi-LoRA LLM serving."
@@ -41,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_make_model(subcommands)
     _add_demo(subcommands)
+    _add_db(subcommands)
     return parser
 
 

@@ -71,3 +71,38 @@ def test_greedy_matches_with_preemption_and_chunked_prefill(arch_case, test_devi
     assert greedy(llm, prompts) == expected
     assert llm.llm_engine.scheduler.num_preemptions > 0
     assert llm.llm_engine.block_manager.num_free_blocks == 24
+
+
+def test_linear_rope_scaling_and_sharded_checkpoint_match_transformers(
+    tiny_model_dirs, tmp_path, test_device
+):
+    """A variant of the tiny llama with `linear` rope scaling, saved in several shards."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from loraplex.modelgen import make_model
+
+    model_dir = make_model("tiny", tmp_path / "sharded", arch="llama", max_shard_bytes=1_500_000)
+    assert (model_dir / "model.safetensors.index.json").is_file()
+    config = json.loads((model_dir / "config.json").read_text())
+    linear = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
+    config["rope_parameters"] = linear
+    config["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    prompts = make_prompts(hf.config.vocab_size, 0)[::3]
+    expected = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        out = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=MAX_TOKENS,
+            pad_token_id=2,
+        )
+        expected.append(out[0, len(prompt) :].tolist())
+    llm = LLM(str(model_dir), dtype="float32", device=test_device, max_model_len=512)
+    assert greedy(llm, prompts) == expected

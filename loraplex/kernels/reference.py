@@ -30,13 +30,14 @@ def store_kv_ref(
     slots = slot_mapping[valid]
     k, v = key[valid], value[valid]
     if k_cache.dtype == FP8_DTYPE:
-        k = _to_fp8(k, k_scale)
-        v = _to_fp8(v, v_scale)
+        k = quantize_fp8_ref(k, k_scale)
+        v = quantize_fp8_ref(v, v_scale)
     k_cache.view(-1, *k_cache.shape[2:])[slots] = k.to(k_cache.dtype)
     v_cache.view(-1, *v_cache.shape[2:])[slots] = v.to(v_cache.dtype)
 
 
-def _to_fp8(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+def quantize_fp8_ref(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """x / scale, clamped to the float8_e4m3fn range and rounded to it (nearest even)."""
     x = x.float() / (scale.float() if scale is not None else 1.0)
     finfo = torch.finfo(FP8_DTYPE)
     return x.clamp(finfo.min, finfo.max).to(FP8_DTYPE)
@@ -79,7 +80,7 @@ def paged_attention_ref(
     block_tables: [S, max_blocks] int32; context_lens: [S] int32; cu_seqlens_q: [S+1] int32.
     GQA: query head h reads KV head h // (Hq // Hkv). Returns [T, Hq, D] in query's dtype.
     """
-    num_heads, head_dim = query.shape[1], query.shape[2]
+    num_heads = query.shape[1]
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(query)
@@ -105,3 +106,49 @@ def paged_attention_ref(
         probs = torch.softmax(scores, dim=-1)
         out[start:end] = torch.matmul(probs, v).transpose(0, 1).to(query.dtype)
     return out
+
+
+def lora_shrink_ref(
+    x: torch.Tensor,
+    lora_a: tuple[torch.Tensor, ...],
+    token_lora: torch.Tensor,
+    out: torch.Tensor,
+) -> None:
+    """First LoRA product, per output slice i and token t with slot s = token_lora[t] >= 0:
+
+        out[i, t] = lora_a[i][s] @ x[t]        (float32 accumulation, stored in out's dtype)
+
+    x: [T, in]; lora_a: one [num_slots, R, in] per slice; token_lora: [T] int32, -1 = base model;
+    out: [num_slices, T, R]. Rows of base-model tokens are left untouched.
+    """
+    for slot in _active_slots(token_lora):
+        rows = (token_lora == slot).nonzero().squeeze(1)
+        for i, a in enumerate(lora_a):
+            out[i, rows] = (x[rows].float() @ a[slot].float().t()).to(out.dtype)
+
+
+def lora_expand_ref(
+    y: torch.Tensor,
+    lora_b: tuple[torch.Tensor, ...],
+    token_lora: torch.Tensor,
+    out: torch.Tensor,
+    slice_offsets: tuple[int, ...],
+) -> None:
+    """Second LoRA product, added in place into the columns of each output slice:
+
+        out[t, off_i : off_i + out_i] += lora_b[i][s] @ y[i, t]     for s = token_lora[t] >= 0
+
+    y is rounded to lora_b's dtype first (as a model-dtype LoRA forward rounds its
+    intermediate), the product accumulates in float32 and the sum is rounded to out's dtype.
+    y: [num_slices, T, R]; lora_b: one [num_slots, out_i, R] per slice; out: [T, N].
+    """
+    for slot in _active_slots(token_lora):
+        rows = (token_lora == slot).nonzero().squeeze(1)
+        for i, (b, offset) in enumerate(zip(lora_b, slice_offsets, strict=True)):
+            delta = y[i, rows].to(b.dtype).float() @ b[slot].float().t()
+            cols = slice(offset, offset + b.shape[1])
+            out[rows, cols] = (out[rows, cols].float() + delta).to(out.dtype)
+
+
+def _active_slots(token_lora: torch.Tensor) -> list[int]:
+    return [slot for slot in torch.unique(token_lora).tolist() if slot >= 0]

@@ -11,18 +11,9 @@ if not torch.cuda.is_available():
 TEST_DEVICE = os.environ.get("LORAPLEX_TEST_DEVICE", "cpu")
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_runtest_setup(item):
     """GPU tests fail, rather than skip, when selected on a machine without a GPU."""
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(pytest.mark.usefixtures("require_gpu"))
-
-
-@pytest.fixture
-def require_gpu():
-    import torch
-
-    if not torch.cuda.is_available():
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
         pytest.fail("this test needs a CUDA GPU (run it on the GPU machine with -m gpu)")
 
 

@@ -14,7 +14,7 @@ from tests.kernels.lora_cases import check_expand, check_shrink, make_lora_batch
 from tests.kernels.paged_cases import make_paged_problem, relative_error
 
 # The marker alone selects; the fixture (tests/conftest.py) makes a GPU-less run fail clearly.
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("require_gpu")]
+pytestmark = pytest.mark.gpu
 
 CUDA = "cuda"
 DTYPES = [torch.bfloat16, torch.float16]

@@ -7,6 +7,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# float32 parity tests need exact float32 dots in the Triton kernels, not TF32.
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
+
 # Engine tests run on this device: cpu here and in CI, cuda on the GPU machine.
 TEST_DEVICE = os.environ.get("LORAPLEX_TEST_DEVICE", "cpu")
 

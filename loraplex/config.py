@@ -185,6 +185,37 @@ class SchedulerConfig:
             )
 
 
+def check_tensor_parallel(hf_config: Any, size: int, device: torch.device) -> None:
+    """Raise ValueError unless the model's heads and MLP split evenly over `size` ranks and,
+    on CUDA, `size` GPUs (one per rank, from `device`'s index on) are visible."""
+    if size == 1:
+        return
+    heads = hf_config.num_attention_heads
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    if heads % size:
+        raise ValueError(
+            f"num_attention_heads={heads} is not divisible by tensor_parallel_size={size}"
+        )
+    if kv_heads % size and size % kv_heads:
+        raise ValueError(
+            f"num_key_value_heads={kv_heads} and tensor_parallel_size={size}: one must divide "
+            "the other (KV heads are split, or replicated when fewer than ranks)"
+        )
+    if hf_config.intermediate_size % size:
+        raise ValueError(
+            f"intermediate_size={hf_config.intermediate_size} is not divisible by "
+            f"tensor_parallel_size={size}"
+        )
+    if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        first = device.index or 0
+        if first + size > visible:
+            raise ValueError(
+                f"tensor_parallel_size={size} needs {size} GPUs from cuda:{first} on, "
+                f"but only {visible} GPUs are visible"
+            )
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model: ModelConfig
@@ -192,3 +223,8 @@ class EngineConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     lora: LoRAConfig | None = None  # None: LoRA disabled
+
+    def __post_init__(self) -> None:
+        check_tensor_parallel(
+            self.model.hf_config, self.parallel.tensor_parallel_size, self.model.device
+        )

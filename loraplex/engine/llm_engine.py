@@ -19,7 +19,7 @@ from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.detokenizer import IncrementalDetokenizer
 from loraplex.engine.lora.adapter import LoRAAdapter
 from loraplex.engine.lora.manager import LoRAManager
-from loraplex.engine.model_runner import ModelRunner
+from loraplex.engine.parallel.executor import create_executor
 from loraplex.engine.sampler import Sampler
 from loraplex.engine.sampling_batch import SamplingBatch, make_generator
 from loraplex.engine.scheduler import Scheduler
@@ -52,16 +52,18 @@ class LLMEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(
             model_cfg.tokenizer, trust_remote_code=model_cfg.trust_remote_code
         )
-        self.model_runner = ModelRunner(config)
-        self.block_manager = BlockManager(self.model_runner.num_blocks, config.cache.block_size)
+        # Runs the model: in this process, or sharded over worker processes too (TP > 1).
+        self.executor = create_executor(config)
+        self.model_runner = self.executor.runner  # this process's shard
+        self.block_manager = BlockManager(self.executor.num_blocks, config.cache.block_size)
         self.lora_manager: LoRAManager | None = None
         if config.lora is not None:
             self.lora_manager = LoRAManager(
                 config.lora,
                 model_cfg.hf_config,
                 model_cfg.dtype,
-                model_cfg.device,
-                self.model_runner.lora_layers,
+                self.executor.device,
+                self.executor.write_lora_slot,
             )
             self.scheduler = Scheduler(
                 config.scheduler,
@@ -79,6 +81,10 @@ class LLMEngine:
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
         return cls(args.create_engine_config())
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (also done at exit); idempotent."""
+        self.executor.shutdown()
 
     @property
     def max_model_len(self) -> int:
@@ -118,7 +124,7 @@ class LLMEngine:
         for index in range(params.n):
             sample_params = params.for_sample(index) if params.n > 1 else params
             seed = sample_params.seed
-            generator = None if seed is None else make_generator(seed, self.model_runner.device)
+            generator = None if seed is None else make_generator(seed, self.executor.device)
             detokenizer = IncrementalDetokenizer(
                 self.tokenizer, token_ids, skip_special_tokens=params.skip_special_tokens
             )
@@ -236,7 +242,7 @@ class LLMEngine:
             if needed:
                 in_use = set(self.scheduler.running_loras)
                 lora_slots = self.lora_manager.activate(needed, in_use)
-        logits = self.model_runner.execute(batch, lora_slots)
+        logits = self.executor.execute(batch, lora_slots)
         sampling: list[Sequence] = []
         touched: dict[str, Request] = {}
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):

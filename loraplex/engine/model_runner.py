@@ -1,5 +1,8 @@
 """Runs the model on one device: builds it, owns the KV cache, turns a scheduled batch into
-tensors, and returns the logits of the sequences that sample this step."""
+tensors, and returns the logits of the sequences that sample this step.
+
+Under tensor parallelism every rank has one ModelRunner holding its shard of the model and of
+the KV cache; the driver's (rank 0) prepares each step's input and receives the logits."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import torch
 
 from loraplex.config import EngineConfig
 from loraplex.engine.context import ForwardContext, forward_context
+from loraplex.engine.distributed import all_reduce_min, rank_device, tensor_parallel
 from loraplex.engine.layers.lora import apply_lora
 from loraplex.engine.loader import load_weights
 from loraplex.engine.models.registry import resolve_model_class
@@ -40,15 +44,22 @@ class ModelInput:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, rank: int = 0) -> None:
+        """Build shard `rank` of the model. With several ranks every rank builds its runner at
+        the same time: loading ends with collectives (the KV-block count) over the group."""
         self.config = config
         model_cfg = config.model
-        self.device = model_cfg.device
+        self.tp_size = config.parallel.tensor_parallel_size
+        self.device = rank_device(model_cfg.device, rank, self.tp_size)
         self.dtype = model_cfg.dtype
         self.block_size = config.cache.block_size
         torch.manual_seed(model_cfg.seed)
         model_class = resolve_model_class(model_cfg.hf_config)
-        with _default_dtype(self.dtype), torch.device(self.device):
+        with (
+            tensor_parallel(rank, self.tp_size),
+            _default_dtype(self.dtype),
+            torch.device(self.device),
+        ):
             self.model = model_class(model_cfg.hf_config)
         load_weights(self.model, model_cfg.model)
         self.model.eval()
@@ -79,6 +90,8 @@ class ModelRunner:
         else:
             useful = sched.max_num_seqs * -(-sched.max_model_len // self.block_size)
             num_blocks = min(cache.cpu_kv_cache_bytes // self.bytes_per_block, useful)
+        if self.tp_size > 1:  # the driver's block manager allocates for every rank
+            num_blocks = all_reduce_min(num_blocks, self.device)
         capacity = num_blocks * self.block_size
         if capacity < sched.max_model_len:
             raise ValueError(
@@ -198,7 +211,11 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch, lora_slots: dict | None = None) -> torch.Tensor:
         """Float32 logits [num_sampling_seqs, vocab] for the sequences that finish their
         prompt or decode this step, in batch order."""
-        model_input = self.prepare(batch, lora_slots)
+        return self.run(self.prepare(batch, lora_slots))
+
+    @torch.inference_mode()
+    def run(self, model_input: ModelInput) -> torch.Tensor | None:
+        """The forward pass of a prepared step: the logits on rank 0, None on other ranks."""
         with forward_context(model_input.context):
             hidden = self.model(model_input.input_ids, model_input.positions)
             return self.model.compute_logits(hidden[model_input.logits_indices])

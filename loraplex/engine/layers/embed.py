@@ -6,15 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraplex.engine.distributed import all_reduce, tp_rank, tp_size
+from loraplex.engine.distributed import all_reduce, gather_last_dim, tp_rank, tp_size
 
 
 class VocabParallelEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int) -> None:
         super().__init__()
+        self.tp_rank = tp_rank()
+        self.tp_size = tp_size()
         self.vocab_size = vocab_size
-        self.shard_size = -(-vocab_size // tp_size())
-        self.vocab_start = tp_rank() * self.shard_size
+        self.shard_size = -(-vocab_size // self.tp_size)
+        self.vocab_start = self.tp_rank * self.shard_size
         self.weight = nn.Parameter(torch.empty(self.shard_size, hidden_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
 
@@ -24,7 +26,7 @@ class VocabParallelEmbedding(nn.Module):
         param.data[: shard.shape[0]].copy_(shard)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if tp_size() == 1:
+        if self.tp_size == 1:
             return F.embedding(input_ids, self.weight)
         local = input_ids - self.vocab_start
         inside = (local >= 0) & (local < self.shard_size)
@@ -33,11 +35,12 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits over the whole vocabulary for `hidden` [N, H]."""
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Float32 logits over the whole vocabulary for `hidden` [N, H]. With several ranks
+        only rank 0 (which samples) receives them; the others return None."""
         logits = F.linear(hidden, self.weight)
-        if tp_size() > 1:
-            parts = [torch.empty_like(logits) for _ in range(tp_size())]
-            torch.distributed.all_gather(parts, logits)
-            logits = torch.cat(parts, dim=-1)
+        if self.tp_size > 1:
+            logits = gather_last_dim(logits, self.tp_rank, self.tp_size)
+            if logits is None:
+                return None
         return logits[:, : self.vocab_size].float()

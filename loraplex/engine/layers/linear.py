@@ -2,7 +2,9 @@
 
 Column-parallel layers split the output features (q/k/v, gate/up); row-parallel layers split the
 input features and all-reduce their partial sums (o, down). Fused layers keep their slices
-contiguous so one matmul computes q, k and v (or gate and up) together.
+contiguous so one matmul computes q, k and v (or gate and up) together. Each layer keeps the
+rank and rank count it was built for, and `shard_output` / `shard_input` cut a full-size tensor
+(checkpoint weight, LoRA A or B) down to that rank's part.
 """
 
 from __future__ import annotations
@@ -18,14 +20,11 @@ def _param(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape), requires_grad=False)
 
 
-def _shard(loaded: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """This rank's slice of `loaded` along `dim`, `size` wide."""
-    return loaded.narrow(dim, tp_rank() * size, size)
-
-
 class LinearBase(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
+        self.tp_rank = tp_rank()
+        self.tp_size = tp_size()
         self.in_features = in_features
         self.out_features = out_features
         self.weight = _param(out_features, in_features)
@@ -35,6 +34,14 @@ class LinearBase(nn.Module):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
+
+    def shard_output(self, full: torch.Tensor, slice_index: int = 0) -> torch.Tensor:
+        """This rank's rows of output slice `slice_index` of a full-size tensor [out, ...]."""
+        return full
+
+    def shard_input(self, full: torch.Tensor) -> torch.Tensor:
+        """This rank's columns of a full-size tensor [..., in]."""
+        return full
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         _copy(param.data, loaded)
@@ -55,8 +62,12 @@ class ColumnParallelLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__(in_features, out_features // tp_size(), bias)
 
+    def shard_output(self, full: torch.Tensor, slice_index: int = 0) -> torch.Tensor:
+        size = self.out_features
+        return full.narrow(0, self.tp_rank * size, size)
+
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        _copy(param.data, _shard(loaded, 0, param.shape[0]))
+        _copy(param.data, self.shard_output(loaded))
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -64,16 +75,22 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False) -> None:
         super().__init__(in_features, sum(output_sizes), bias)
-        self.output_sizes = [size // tp_size() for size in output_sizes]  # this rank's slices
+        self.output_sizes = [size // self.tp_size for size in output_sizes]  # this rank's slices
+
+    def shard_output(self, full: torch.Tensor, slice_index: int = 0) -> torch.Tensor:
+        size = self.output_sizes[slice_index]
+        return full.narrow(0, self.tp_rank * size, size)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int) -> None:
         size = self.output_sizes[shard_id]
         offset = sum(self.output_sizes[:shard_id])
-        _copy(param.data.narrow(0, offset, size), _shard(loaded, 0, size))
+        _copy(param.data.narrow(0, offset, size), self.shard_output(loaded, shard_id))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
     """q, k and v projections in one weight; KV heads are replicated when fewer than ranks."""
+
+    SLICES = {"q": 0, "k": 1, "v": 2}
 
     def __init__(
         self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool
@@ -92,23 +109,35 @@ class QKVParallelLinear(ColumnParallelLinear):
         kv = self.num_kv_heads * self.head_dim
         return [q, kv, kv]
 
+    def shard_output(self, full: torch.Tensor, slice_index: int = 0) -> torch.Tensor:
+        size = self.output_sizes[slice_index]
+        # Ranks that share a replicated KV head read the same rows.
+        rank = self.tp_rank if slice_index == 0 else self.tp_rank // self.kv_replicas
+        return full.narrow(0, rank * size, size)
+
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str) -> None:
-        q, kv, _ = self.output_sizes
-        offset, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[shard_id]
-        rank = tp_rank() if shard_id == "q" else tp_rank() // self.kv_replicas
-        _copy(param.data.narrow(0, offset, size), loaded.narrow(0, rank * size, size))
+        index = self.SLICES[shard_id]
+        size = self.output_sizes[index]
+        offset = sum(self.output_sizes[:index])
+        _copy(param.data.narrow(0, offset, size), self.shard_output(loaded, index))
 
 
 class RowParallelLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__(in_features // tp_size(), out_features, bias)
 
+    def shard_input(self, full: torch.Tensor) -> torch.Tensor:
+        size = self.in_features
+        return full.narrow(-1, self.tp_rank * size, size)
+
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         if param.dim() == 1:  # the bias is added once, after the reduction
             _copy(param.data, loaded)
         else:
-            _copy(param.data, _shard(loaded, 1, param.shape[1]))
+            _copy(param.data, self.shard_input(loaded))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias if tp_rank() == 0 else None
+        if self.tp_size == 1:
+            return F.linear(x, self.weight, self.bias)
+        bias = self.bias if self.tp_rank == 0 else None
         return all_reduce(F.linear(x, self.weight, bias))

@@ -4,6 +4,10 @@ A fused projection (q/k/v, gate/up) keeps one buffer pair per slice, so one shri
 expand launch serve all its slices. Slots hold adapters already scaled and in the model dtype;
 tokens whose slot is -1 (base model) get nothing added. With no adapter in the batch the
 forward context carries no LoRA metadata and the layer costs nothing extra.
+
+Under tensor parallelism (the S-LoRA scheme) a column-parallel layer keeps all of A and its rank's
+rows of B; a row-parallel layer keeps its rank's columns of A and all of B, and sums the shrink
+result over the ranks before the expand, so every rank adds what a single device would.
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ import torch
 from torch import nn
 
 from loraplex.engine.context import get_forward_context
-from loraplex.engine.layers.linear import LinearBase
+from loraplex.engine.distributed import all_reduce
+from loraplex.engine.layers.linear import LinearBase, RowParallelLinear
 from loraplex.kernels.reference import lora_expand_ref, lora_shrink_ref
+
+# (layer index, checkpoint module such as "q_proj") -> (A [r, in], B [out, r]) at full size.
+SlotWeights = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 
 # Checkpoint module -> (attribute path of the engine's fused layer, slice index in it).
 LORA_TARGETS: dict[str, tuple[str, int]] = {
@@ -39,6 +47,7 @@ class LoRALinear(nn.Module):
             torch.zeros(num_slots, max_rank, base.in_features, **like) for _ in sizes
         )
         self.lora_b = tuple(torch.zeros(num_slots, size, max_rank, **like) for size in sizes)
+        self.reduce_shrink = isinstance(base, RowParallelLinear) and base.tp_size > 1
 
     def clear_slot(self, slot: int) -> None:
         for a, b in zip(self.lora_a, self.lora_b, strict=True):
@@ -46,7 +55,10 @@ class LoRALinear(nn.Module):
             b[slot].zero_()
 
     def set_slot(self, slot: int, slice_index: int, a: torch.Tensor, b: torch.Tensor) -> None:
-        """a: [r, in], b: [out_slice, r] with r <= max_rank; the remaining rank stays zero."""
+        """a: [r, in], b: [out_slice, r] at full (unsharded) size, r <= max_rank; this rank's
+        shard is kept and the remaining rank stays zero."""
+        a = self.base.shard_input(a)
+        b = self.base.shard_output(b, slice_index)
         rank = a.shape[0]
         self.lora_a[slice_index][slot, :rank].copy_(a, non_blocking=True)
         self.lora_b[slice_index][slot, :, :rank].copy_(b, non_blocking=True)
@@ -62,11 +74,29 @@ class LoRALinear(nn.Module):
             from loraplex import kernels
 
             kernels.lora_shrink(x, self.lora_a, meta, y)
+            if self.reduce_shrink:
+                all_reduce(y)
             kernels.lora_expand(y, self.lora_b, meta, out, self.slice_offsets)
         else:
             lora_shrink_ref(x, self.lora_a, meta.token_lora, y)
+            if self.reduce_shrink:
+                all_reduce(y)
             lora_expand_ref(y, self.lora_b, meta.token_lora, out, self.slice_offsets)
         return out
+
+
+def write_lora_slot(
+    layers: dict[tuple[int, str], LoRALinear],
+    slot: int,
+    weights: SlotWeights,
+) -> None:
+    """Replace slot `slot` of every layer with one adapter's weights; layers the adapter does
+    not target get zeros."""
+    for layer in layers.values():
+        layer.clear_slot(slot)
+    for (index, module), (a, b) in weights.items():
+        path, slice_index = LORA_TARGETS[module]
+        layers[(index, path)].set_slot(slot, slice_index, a, b)
 
 
 def apply_lora(

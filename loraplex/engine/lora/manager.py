@@ -11,12 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from loraplex.config import LoRAConfig
-from loraplex.engine.layers.lora import LORA_TARGETS, LoRALinear
+from loraplex.engine.layers.lora import SlotWeights
 from loraplex.engine.lora.adapter import LoRAAdapter, load_adapter
 from loraplex.lora_request import LoRARequest
 
@@ -28,13 +29,13 @@ class LoRAManager:
         hf_config: Any,
         dtype: torch.dtype,
         device: torch.device,
-        layers: dict[tuple[int, str], LoRALinear],
+        write_slot: Callable[[int, SlotWeights], None],
     ) -> None:
         self.config = config
         self.hf_config = hf_config
         self.dtype = dtype
         self.device = device
-        self.layers = layers
+        self.write_slot = write_slot  # fills a slot on every tensor-parallel rank
         self.num_slots = config.max_loras
         self.max_cpu = config.max_cpu_loras or config.max_loras
         self._lock = threading.Lock()  # requests are made (and adapters loaded) in any thread
@@ -166,11 +167,7 @@ class LoRAManager:
         return slot
 
     def _load(self, slot: int, adapter: LoRAAdapter) -> None:
-        for layer in self.layers.values():
-            layer.clear_slot(slot)
-        for (index, module), (a, b) in adapter.weights.items():
-            path, slice_index = LORA_TARGETS[module]
-            self.layers[(index, path)].set_slot(slot, slice_index, a, b)
+        self.write_slot(slot, adapter.weights)
         self._slots[slot] = adapter
         self.num_loads += 1
 

@@ -125,7 +125,11 @@ class AsyncLLMEngine:
         return await asyncio.wrap_future(future)
 
     async def add_lora(self, lora_request: LoRARequest) -> bool:
-        return await self.call_engine(lambda engine: engine.add_lora(lora_request))
+        """Bring an adapter into the engine's CPU memory from a worker thread: reading it from
+        disk must not stall the step loop, and the CPU tier is safe to fill from any thread.
+        True if it was loaded now, False if it was there already."""
+        self._check_alive()
+        return await asyncio.to_thread(self.engine.add_lora, lora_request)
 
     async def remove_lora(self, lora_int_id: int) -> bool:
         return await self.call_engine(lambda engine: engine.remove_lora(lora_int_id))
@@ -144,6 +148,7 @@ class AsyncLLMEngine:
         self._stopping = True
         self._wakeup.set()
         self._thread.join(timeout=30)
+        self.engine.shutdown()
 
     # ---- the engine thread ----------------------------------------------------------------
 

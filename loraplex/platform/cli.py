@@ -55,6 +55,24 @@ def _add_db(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_db, command_parser=parser)
 
 
+def _add_serve(subcommands: argparse._SubParsersAction) -> None:
+    from loraplex.platform.serve import add_serve_arguments, run_serve
+
+    parser = subcommands.add_parser(
+        "serve", help="run the API server (embedded defaults: SQLite, local store, tiny model)"
+    )
+    add_serve_arguments(parser)
+    parser.set_defaults(handler=run_serve, command_parser=parser)
+
+
+def _add_admin(subcommands: argparse._SubParsersAction) -> None:
+    from loraplex.platform.admin_cli import add_admin_arguments, run_admin
+
+    parser = subcommands.add_parser("admin", help="create tenants and keys from scripts")
+    add_admin_arguments(parser)
+    parser.set_defaults(handler=run_admin, command_parser=parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraplex", description="Multi-tenant multi-LoRA LLM serving."
@@ -63,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_model(subcommands)
     _add_demo(subcommands)
     _add_db(subcommands)
+    _add_serve(subcommands)
+    _add_admin(subcommands)
     return parser
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -41,6 +41,38 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * GIB, gt=0)
     # Objects younger than this are never swept, so uploads in flight keep their bytes.
     orphan_grace_seconds: int = Field(default=3600, ge=0)
+
+    # ---- the HTTP server -------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # An admin key to install at start (kept as a hash); unset: one is made and printed once
+    # when the database has no admin key yet.
+    admin_key: SecretStr | None = None
+    # Largest `n` a request may ask for.
+    max_n: int = Field(default=8, ge=1)
+    # Sequences admitted beyond those the engine runs at once; past this, 503 at once.
+    max_waiting_requests: int = Field(default=256, ge=0)
+    # Retry-After (seconds) sent with a 503 when the waiting queue is full.
+    overload_retry_after_seconds: int = Field(default=1, ge=1)
+    log_requests: bool = False
+
+    # ---- the engine (vLLM's option names) ---------------------------------------------------
+    # Hugging Face model folder. Unset: a tiny Llama made locally by `loraplex make-model`.
+    model: str | None = None
+    # The name clients put in `model` for the base model. Default: the model folder's name.
+    served_model_name: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_model_len: int | None = Field(default=None, gt=0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    max_num_seqs: int = Field(default=64, ge=1)
+    # GPU slots for adapters, and adapters the engine keeps in CPU memory.
+    max_loras: int = Field(default=4, ge=1)
+    max_cpu_loras: int | None = Field(default=None, ge=1)
+    seed: int = 0
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

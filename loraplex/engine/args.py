@@ -15,6 +15,7 @@ from loraplex.config import (
     resolve_device,
     resolve_dtype,
 )
+from loraplex.engine.layers.fp8 import is_fp8_checkpoint
 
 
 @dataclass
@@ -53,6 +54,9 @@ class EngineArgs:
             raise ValueError(f"cannot read the model config in {self.model!r}: {exc}") from exc
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, raw.get("torch_dtype") or raw.get("dtype"), device)
+        quantization = self.quantization
+        if quantization is None and is_fp8_checkpoint(hf_config):
+            quantization = "fp8"  # the weights are stored in fp8: serve them as such
         model_limit = getattr(hf_config, "max_position_embeddings", None) or 2048
         max_model_len = self.max_model_len or model_limit
         model = ModelConfig(
@@ -63,7 +67,7 @@ class EngineArgs:
             max_model_len=max_model_len,
             device=device,
             seed=self.seed,
-            quantization=self.quantization,
+            quantization=quantization,
             enforce_eager=self.enforce_eager,
             trust_remote_code=self.trust_remote_code,
         )

@@ -14,8 +14,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-# Buffers some checkpoints carry that the engine recomputes.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Buffers some checkpoints carry that the engine recomputes, and FP8 checkpoints' static
+# activation scales (activations are scaled per token at run time instead).
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".input_scale")
 
 
 def checkpoint_files(model_dir: str | Path) -> list[Path]:

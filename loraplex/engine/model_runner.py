@@ -15,6 +15,8 @@ import torch
 from loraplex.config import EngineConfig
 from loraplex.engine.context import ForwardContext, forward_context
 from loraplex.engine.distributed import all_reduce_min, rank_device, tensor_parallel
+from loraplex.engine.layers.fp8 import fp8_checkpoint_weights, is_fp8_checkpoint
+from loraplex.engine.layers.linear import LinearBase
 from loraplex.engine.layers.lora import apply_lora
 from loraplex.engine.loader import load_weights
 from loraplex.engine.models.registry import resolve_model_class
@@ -55,13 +57,19 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         torch.manual_seed(model_cfg.seed)
         model_class = resolve_model_class(model_cfg.hf_config)
+        fp8_checkpoint = is_fp8_checkpoint(model_cfg.hf_config)
         with (
             tensor_parallel(rank, self.tp_size),
             _default_dtype(self.dtype),
             torch.device(self.device),
+            fp8_checkpoint_weights(fp8_checkpoint),
         ):
             self.model = model_class(model_cfg.hf_config)
         load_weights(self.model, model_cfg.model)
+        if model_cfg.quantization == "fp8" and not fp8_checkpoint:
+            for module in self.model.modules():
+                if isinstance(module, LinearBase):
+                    module.quantize_fp8_()
         self.model.eval()
         self.lora_layers = {}
         if config.lora is not None:

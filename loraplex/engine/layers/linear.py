@@ -14,10 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from loraplex.engine.distributed import all_reduce, tp_rank, tp_size
+from loraplex.engine.layers.fp8 import (
+    FP8_DTYPE,
+    building_fp8_checkpoint,
+    fp8_linear,
+    quantize_rows,
+)
 
 
-def _param(*shape: int) -> nn.Parameter:
-    return nn.Parameter(torch.empty(*shape), requires_grad=False)
+def _param(*shape: int, dtype: torch.dtype | None = None) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)
 
 
 class LinearBase(nn.Module):
@@ -27,8 +33,14 @@ class LinearBase(nn.Module):
         self.tp_size = tp_size()
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = _param(out_features, in_features)
+        self.compute_dtype = torch.get_default_dtype()  # activations (and LoRA) stay in it
+        fp8 = building_fp8_checkpoint()
+        self.weight = _param(out_features, in_features, dtype=FP8_DTYPE if fp8 else None)
         self.weight.weight_loader = self.weight_loader
+        self.register_parameter("weight_scale", None)  # [out] float32 once the weight is fp8
+        if fp8:
+            self.weight_scale = _param(out_features, dtype=torch.float32)
+            self.weight_scale.weight_loader = self.scale_loader
         if bias:
             self.bias = _param(out_features)
             self.bias.weight_loader = self.weight_loader
@@ -46,8 +58,36 @@ class LinearBase(nn.Module):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         _copy(param.data, loaded)
 
+    def slice_index(self, shard_id: object) -> int:
+        """Which output slice a checkpoint tensor fills (fused layers override)."""
+        return 0 if shard_id is None else int(shard_id)
+
+    def scale_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        """An FP8 checkpoint's weight scale, per tensor or per output channel, as one value per
+        row of this rank's slice."""
+        index = self.slice_index(shard_id)
+        sizes = list(getattr(self, "output_sizes", [self.out_features]))
+        offset, size = sum(sizes[:index]), sizes[index]
+        flat = loaded.float().reshape(-1)
+        values = flat.expand(size) if flat.numel() == 1 else self.shard_output(flat, index)
+        _copy(param.data.narrow(0, offset, size), values)
+
+    def quantize_fp8_(self) -> None:
+        """Turn a loaded weight into fp8 with one scale per output row (the weight's own rows:
+        under tensor parallelism each rank scales its shard)."""
+        if self.weight_scale is not None:
+            return
+        q, scale = quantize_rows(self.weight.data)
+        self.weight = nn.Parameter(q, requires_grad=False)
+        self.weight_scale = nn.Parameter(scale.view(-1), requires_grad=False)
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.weight_scale is None:
+            return F.linear(x, self.weight, bias)
+        return fp8_linear(x, self.weight, self.weight_scale, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -115,6 +155,9 @@ class QKVParallelLinear(ColumnParallelLinear):
         rank = self.tp_rank if slice_index == 0 else self.tp_rank // self.kv_replicas
         return full.narrow(0, rank * size, size)
 
+    def slice_index(self, shard_id: object) -> int:
+        return self.SLICES[shard_id]
+
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str) -> None:
         index = self.SLICES[shard_id]
         size = self.output_sizes[index]
@@ -138,6 +181,6 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.linear(x, self.weight, self.bias)
+            return self.matmul(x, self.bias)
         bias = self.bias if self.tp_rank == 0 else None
-        return all_reduce(F.linear(x, self.weight, bias))
+        return all_reduce(self.matmul(x, bias))

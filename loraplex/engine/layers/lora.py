@@ -42,7 +42,7 @@ class LoRALinear(nn.Module):
         sizes = list(getattr(base, "output_sizes", [base.out_features]))
         weight = base.weight
         self.slice_offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
-        like = {"dtype": weight.dtype, "device": weight.device}
+        like = {"dtype": base.compute_dtype, "device": weight.device}  # bf16 over an fp8 base
         self.lora_a = tuple(
             torch.zeros(num_slots, max_rank, base.in_features, **like) for _ in sizes
         )
@@ -102,7 +102,8 @@ def write_lora_slot(
 def apply_lora(
     model: nn.Module, num_slots: int, max_rank: int
 ) -> dict[tuple[int, str], LoRALinear]:
-    """Wrap every LoRA-capable layer of each decoder layer in place.
+    """Wrap every LoRA-capable layer of each decoder layer in place; a layer without one of
+    the targets (the MLP of a mixture-of-experts layer has no gate_up_proj) is left as it is.
 
     Returns the wrappers keyed by (layer index, fused attribute path) for the slot loader.
     """
@@ -111,7 +112,10 @@ def apply_lora(
         for path in dict.fromkeys(target for target, _ in LORA_TARGETS.values()):
             parent_path, name = path.rsplit(".", 1)
             parent = layer.get_submodule(parent_path)
-            lora = LoRALinear(getattr(parent, name), num_slots, max_rank)
+            base = getattr(parent, name, None)
+            if not isinstance(base, LinearBase):
+                continue
+            lora = LoRALinear(base, num_slots, max_rank)
             setattr(parent, name, lora)
             wrapped[(index, path)] = lora
     return wrapped

@@ -1,0 +1,142 @@
+"""FP8 weights (quantized at load or read from an FP8 checkpoint) and the FP8 KV cache."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from loraplex import LLM, SamplingParams
+from loraplex.engine.layers.fp8 import FP8_DTYPE, expand_scale, fp8_linear, quantize_rows
+from loraplex.engine.scoring import prompt_logits
+
+
+@pytest.mark.parametrize("shape", [(7, 64), (1, 256), (33, 128)])
+def test_quantize_rows_round_trip(shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3
+    x[0] = 0.0  # a zero row keeps a positive scale and dequantizes to zeros
+    q, scale = quantize_rows(x)
+    assert q.dtype == FP8_DTYPE and scale.shape == (shape[0], 1) and (scale > 0).all()
+    back = q.float() * scale
+    assert torch.equal(back[0], torch.zeros(shape[1]))
+    # e4m3 keeps 3 mantissa bits: relative error of a normal value is at most 2**-4.
+    big = x.abs() > scale * 2**-6 * 8
+    assert ((back - x).abs()[big] <= x.abs()[big] * 2**-4 + 1e-7).all()
+    assert back.abs().amax(dim=1).allclose(x.abs().amax(dim=1))
+
+
+def test_fp8_linear_matches_the_float_product():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 128, generator=g)
+    w = torch.randn(96, 128, generator=g) / 128**0.5
+    bias = torch.randn(96, generator=g)
+    q, scale = quantize_rows(w)
+    out = fp8_linear(x, q, scale.view(-1), bias)
+    ref = x @ w.t() + bias
+    assert out.shape == (16, 96)
+    assert ((out - ref).norm() / ref.norm()) < 0.05
+
+
+def test_expand_scale():
+    assert torch.equal(expand_scale(torch.tensor(0.5), 3), torch.full((3,), 0.5))
+    assert torch.equal(expand_scale(torch.tensor([[1.0], [2.0]]), 2), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="3 values for 2"):
+        expand_scale(torch.ones(3), 2)
+
+
+# The tiny random model's logits are flat (small top-1 margins), so fp8 rounding flips more
+# argmaxes than on a trained model; a wrong scale or layout drops agreement to chance (<1%).
+QUALITY_TOP1 = 0.7
+QUALITY_KL = 0.25
+
+
+def agreement_and_kl(ref_logits, logits):
+    top1 = (ref_logits.argmax(-1) == logits.argmax(-1)).float().mean().item()
+    kl = torch.nn.functional.kl_div(
+        logits.log_softmax(-1), ref_logits.log_softmax(-1), log_target=True, reduction="batchmean"
+    ).item()
+    return top1, kl
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dirs):
+    return tiny_model_dirs["llama"]
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir, test_device):
+    llm = LLM(model_dir, dtype="float32", device=test_device, max_model_len=512)
+    ids = [0] + list(range(5, 400))
+    return ids, prompt_logits(llm.llm_engine, ids)
+
+
+def test_fp8_weights_stay_close_to_the_full_precision_model(model_dir, reference, test_device):
+    ids, ref = reference
+    llm = LLM(model_dir, dtype="float32", device=test_device, max_model_len=512, quantization="fp8")
+    down = llm.llm_engine.model_runner.model.model.layers[0].mlp.down_proj
+    assert down.weight.dtype == FP8_DTYPE and down.weight_scale.dtype == torch.float32
+    top1, kl = agreement_and_kl(ref, prompt_logits(llm.llm_engine, ids))
+    assert top1 > QUALITY_TOP1 and kl < QUALITY_KL, (top1, kl)
+
+
+def test_fp8_kv_cache_stays_close(model_dir, reference, test_device):
+    ids, ref = reference
+    llm = LLM(
+        model_dir, dtype="float32", device=test_device, max_model_len=512, kv_cache_dtype="fp8"
+    )
+    assert llm.llm_engine.model_runner.kv_dtype == FP8_DTYPE
+    top1, kl = agreement_and_kl(ref, prompt_logits(llm.llm_engine, ids))
+    assert top1 > QUALITY_TOP1 and kl < QUALITY_KL, (top1, kl)
+    # Decoding reads the fp8 cache too.
+    out = llm.generate([ids[:50]], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 8
+
+
+def write_fp8_checkpoint(src, dst, per_tensor: bool):
+    """The tiny model's linear weights in fp8 with `weight_scale` tensors, as FP8 quantizers
+    write them (per tensor, or per output channel as [N, 1])."""
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    out = {}
+    for name, tensor in tensors.items():
+        linear = name.endswith("_proj.weight")
+        if not linear:
+            out[name] = tensor
+            continue
+        if per_tensor:
+            scale = tensor.abs().amax().float() / torch.finfo(FP8_DTYPE).max
+            out[name] = (tensor.float() / scale).clamp(-448, 448).to(FP8_DTYPE)
+            out[name.replace(".weight", ".weight_scale")] = scale.reshape(())
+            out[name.replace(".weight", ".input_scale")] = torch.tensor(1.0)
+        else:
+            q, scale = quantize_rows(tensor)
+            out[name] = q
+            out[name.replace(".weight", ".weight_scale")] = scale
+    save_file(out, str(dst / "model.safetensors"))
+    config = json.loads((dst / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_fp8_checkpoint_loads_directly_and_equals_load_time_quantization(
+    model_dir, reference, tmp_path, test_device
+):
+    from pathlib import Path
+
+    ids, ref = reference
+    channel = write_fp8_checkpoint(Path(model_dir), tmp_path / "channel", per_tensor=False)
+    from_checkpoint = LLM(str(channel), dtype="float32", device=test_device, max_model_len=512)
+    assert from_checkpoint.llm_engine.config.model.quantization == "fp8"
+    at_load = LLM(
+        model_dir, dtype="float32", device=test_device, max_model_len=512, quantization="fp8"
+    )
+    a = prompt_logits(from_checkpoint.llm_engine, ids)
+    b = prompt_logits(at_load.llm_engine, ids)
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+    tensor = write_fp8_checkpoint(Path(model_dir), tmp_path / "tensor", per_tensor=True)
+    per_tensor = LLM(str(tensor), dtype="float32", device=test_device, max_model_len=512)
+    top1, kl = agreement_and_kl(ref, prompt_logits(per_tensor.llm_engine, ids))
+    assert top1 > QUALITY_TOP1 and kl < QUALITY_KL, (top1, kl)

@@ -14,6 +14,7 @@ import torch
 
 from loraplex.config import EngineConfig
 from loraplex.engine.context import ForwardContext, forward_context
+from loraplex.engine.cuda_graphs import DecodeGraphs
 from loraplex.engine.distributed import all_reduce_min, rank_device, tensor_parallel
 from loraplex.engine.layers.fp8 import fp8_checkpoint_weights, is_fp8_checkpoint
 from loraplex.engine.layers.linear import LinearBase
@@ -80,6 +81,10 @@ class ModelRunner:
         self.kv_dtype = FP8_DTYPE if config.cache.cache_dtype.startswith("fp8") else self.dtype
         self.num_blocks = self._decide_num_blocks()
         self._allocate_kv_cache()
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and not model_cfg.enforce_eager:
+            self.graphs = DecodeGraphs(self, config.scheduler.max_num_seqs)
+            self.graphs.capture()
 
     # ---- KV cache -------------------------------------------------------------------------
 
@@ -224,7 +229,12 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, model_input: ModelInput) -> torch.Tensor | None:
         """The forward pass of a prepared step: the logits on rank 0, None on other ranks."""
-        with forward_context(model_input.context):
+        ctx = model_input.context
+        num_tokens = model_input.input_ids.shape[0]
+        if self.graphs is not None and self.graphs.can_run(ctx, num_tokens):
+            hidden = self.graphs.run(model_input.input_ids, model_input.positions, ctx)
+            return self.model.compute_logits(hidden[model_input.logits_indices])
+        with forward_context(ctx):
             hidden = self.model(model_input.input_ids, model_input.positions)
             return self.model.compute_logits(hidden[model_input.logits_indices])
 

@@ -23,6 +23,8 @@ def test_graph_replay_equals_eager_with_and_without_lora(tiny_model_dirs, tmp_pa
 
     model = tiny_model_dirs["llama"]
     adapters = make_adapters(model, tmp_path, 2)
+    # A fixed block count: two engines live at once, and each would size its cache from the
+    # memory the other left free.
     kwargs = dict(
         dtype=dtype,
         device="cuda",
@@ -31,7 +33,7 @@ def test_graph_replay_equals_eager_with_and_without_lora(tiny_model_dirs, tmp_pa
         max_loras=2,
         max_lora_rank=8,
         max_num_seqs=24,
-        gpu_memory_utilization=0.2,
+        num_gpu_blocks_override=512,
     )
     graphs = LLM(model, **kwargs)
     assert graphs.llm_engine.model_runner.graphs is not None

@@ -185,3 +185,12 @@ def test_adapter_trained_on_another_base_is_refused(llm, tmp_path):
     with pytest.raises(ValueError, match="hidden_size=128"):
         llm.generate("x", GREEDY, lora_request=LoRARequest("other", 77, str(tmp_path / "other")))
     serves(llm)
+
+
+def test_loaded_adapter_lives_in_one_buffer(llm, adapters):
+    """One host buffer per adapter: a slot load is then a single transfer to the GPU."""
+    adapter = llm.llm_engine.lora_manager.get(LoRARequest("a3", 4, str(adapters[3])))
+    tensors = [t for pair in adapter.weights.values() for t in pair]
+    storages = {t.untyped_storage().data_ptr() for t in tensors}
+    assert len(tensors) == 2 * 7 * 2 and len(storages) == 1
+    assert sum(t.nbytes for t in tensors) == tensors[0].untyped_storage().nbytes()

@@ -49,20 +49,6 @@ class LoRALinear(nn.Module):
         self.lora_b = tuple(torch.zeros(num_slots, size, max_rank, **like) for size in sizes)
         self.reduce_shrink = isinstance(base, RowParallelLinear) and base.tp_size > 1
 
-    def clear_slot(self, slot: int) -> None:
-        for a, b in zip(self.lora_a, self.lora_b, strict=True):
-            a[slot].zero_()
-            b[slot].zero_()
-
-    def set_slot(self, slot: int, slice_index: int, a: torch.Tensor, b: torch.Tensor) -> None:
-        """a: [r, in], b: [out_slice, r] at full (unsharded) size, r <= max_rank; this rank's
-        shard is kept and the remaining rank stays zero."""
-        a = self.base.shard_input(a)
-        b = self.base.shard_output(b, slice_index)
-        rank = a.shape[0]
-        self.lora_a[slice_index][slot, :rank].copy_(a, non_blocking=True)
-        self.lora_b[slice_index][slot, :, :rank].copy_(b, non_blocking=True)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         meta = get_forward_context().lora
@@ -91,12 +77,53 @@ def write_lora_slot(
     weights: SlotWeights,
 ) -> None:
     """Replace slot `slot` of every layer with one adapter's weights; layers the adapter does
-    not target get zeros."""
-    for layer in layers.values():
-        layer.clear_slot(slot)
+    not target, and ranks above the adapter's, get zeros. A handful of launches in all: one
+    host-to-GPU copy of the adapter's buffer, then multi-tensor zero and copy."""
+    if not layers:
+        return
+    device = next(iter(layers.values())).lora_a[0].device
+    weights = _on_device(weights, device)
+    untouched = {(key, i) for key, layer in layers.items() for i in range(len(layer.lora_a))}
+    targets: list[torch.Tensor] = []
+    sources: list[torch.Tensor] = []
+    zeros: list[torch.Tensor] = []
     for (index, module), (a, b) in weights.items():
         path, slice_index = LORA_TARGETS[module]
-        layers[(index, path)].set_slot(slot, slice_index, a, b)
+        layer = layers[(index, path)]
+        a = layer.base.shard_input(a)
+        b = layer.base.shard_output(b, slice_index)
+        rank = a.shape[0]
+        targets += [
+            layer.lora_a[slice_index][slot, :rank],
+            layer.lora_b[slice_index][slot, :, :rank],
+        ]
+        sources += [a, b]
+        untouched.discard(((index, path), slice_index))
+        zeros += [layer.lora_a[slice_index][slot, rank:], layer.lora_b[slice_index][slot, :, rank:]]
+    for key, slice_index in untouched:
+        zeros += [layers[key].lora_a[slice_index][slot], layers[key].lora_b[slice_index][slot]]
+    zeros = [t for t in zeros if t.numel()]
+    if zeros:
+        torch._foreach_zero_(zeros)
+    if targets:
+        torch._foreach_copy_(targets, sources)
+
+
+def _on_device(weights: SlotWeights, device: torch.device) -> SlotWeights:
+    """Tensors that are views of one CPU buffer (a loaded adapter) as views of one device copy
+    of it: a single transfer instead of one per tensor."""
+    tensors = [t for pair in weights.values() for t in pair]
+    if device.type == "cpu" or not tensors or any(t.device.type != "cpu" for t in tensors):
+        return weights
+    storage = tensors[0].untyped_storage()
+    if any(t.untyped_storage().data_ptr() != storage.data_ptr() for t in tensors):
+        return weights
+    flat = torch.empty(0, dtype=tensors[0].dtype).set_(storage)
+    staged = flat.to(device, non_blocking=True)
+    return {
+        key: tuple(staged.as_strided(t.shape, t.stride(), t.storage_offset()) for t in pair)
+        for key, pair in weights.items()
+    }
 
 
 def apply_lora(

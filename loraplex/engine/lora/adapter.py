@@ -67,13 +67,20 @@ def load_adapter(
         raise ValueError(f"LoRA {request.lora_name!r}: {exc}") from exc
     tensors = load_adapter_tensors(weights_path)
     scaling = spec.scaling
+    # Every tensor lives in one (pinned) buffer, so a slot load is a single host-to-GPU copy.
+    sizes = [tensors[p.lora_a].numel() + tensors[p.lora_b].numel() for p in spec.pairs]
+    packed = torch.empty(sum(sizes), dtype=dtype, pin_memory=pin)
     weights = {}
+    offset = 0
     for pair in spec.pairs:
-        a = tensors[pair.lora_a].to(dtype)
+        a_src, b_src = tensors[pair.lora_a], tensors[pair.lora_b]
+        a = packed[offset : offset + a_src.numel()].view(a_src.shape)
+        offset += a_src.numel()
+        b = packed[offset : offset + b_src.numel()].view(b_src.shape)
+        offset += b_src.numel()
+        a.copy_(a_src)
         # Scale in float32, round once: as close as the model dtype allows to PEFT's own math.
-        b = (tensors[pair.lora_b].float() * scaling).to(dtype)
-        if pin:
-            a, b = a.pin_memory(), b.pin_memory()
+        b.copy_(b_src.float() * scaling)
         weights[(pair.layer, pair.module)] = (a, b)
     return LoRAAdapter(
         lora_int_id=request.lora_int_id,

@@ -36,40 +36,34 @@ class Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q: [T, Hq, D], k, v: [T, Hkv, D] -> [T, Hq * D]."""
         ctx = get_forward_context()
-        if q.is_cuda:
-            from loraplex import kernels
-
-            kernels.store_kv(
-                k, v, self.k_cache, self.v_cache, ctx.slot_mapping, self.k_scale, self.v_scale
-            )
-            out = kernels.paged_attention(
-                q,
-                self.k_cache,
-                self.v_cache,
-                ctx.block_tables,
-                ctx.context_lens,
-                ctx.cu_seqlens_q,
-                max_query_len=ctx.max_query_len,
-                max_context_len=ctx.max_context_len,
-                scale=self.scale,
-                k_scale=self.k_scale,
-                v_scale=self.v_scale,
-                sliding_window=self.sliding_window,
-            )
-        else:
-            reference.store_kv_ref(
-                k, v, self.k_cache, self.v_cache, ctx.slot_mapping, self.k_scale, self.v_scale
-            )
-            out = reference.paged_attention_ref(
-                q,
-                self.k_cache,
-                self.v_cache,
-                ctx.block_tables,
-                ctx.context_lens,
-                ctx.cu_seqlens_q,
-                scale=self.scale,
-                k_scale=self.k_scale,
-                v_scale=self.v_scale,
-                sliding_window=self.sliding_window,
-            )
+        store, attend = _ops(q.device)
+        store(k, v, self.k_cache, self.v_cache, ctx.slot_mapping, self.k_scale, self.v_scale)
+        out = attend(
+            q,
+            self.k_cache,
+            self.v_cache,
+            ctx.block_tables,
+            ctx.context_lens,
+            ctx.cu_seqlens_q,
+            max_query_len=ctx.max_query_len,
+            max_context_len=ctx.max_context_len,
+            scale=self.scale,
+            k_scale=self.k_scale,
+            v_scale=self.v_scale,
+            sliding_window=self.sliding_window,
+        )
         return out.reshape(out.shape[0], -1)
+
+
+def _ops(device: torch.device):
+    """(store_kv, paged_attention) for the device: Triton kernels on CUDA, references else."""
+    if device.type == "cuda":
+        from loraplex import kernels
+
+        return kernels.store_kv, kernels.paged_attention
+    return reference.store_kv_ref, _paged_attention_ref
+
+
+def _paged_attention_ref(*args, max_query_len: int, max_context_len: int, **kwargs):
+    # The launch-size hints only matter to the kernels.
+    return reference.paged_attention_ref(*args, **kwargs)

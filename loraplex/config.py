@@ -201,11 +201,11 @@ def check_tensor_parallel(hf_config: Any, size: int, device: torch.device) -> No
             f"num_key_value_heads={kv_heads} and tensor_parallel_size={size}: one must divide "
             "the other (KV heads are split, or replicated when fewer than ranks)"
         )
-    if hf_config.intermediate_size % size:
-        raise ValueError(
-            f"intermediate_size={hf_config.intermediate_size} is not divisible by "
-            f"tensor_parallel_size={size}"
-        )
+    # Every MLP (dense, each expert, the shared expert) is split along its intermediate size.
+    for name in ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"):
+        value = getattr(hf_config, name, None)
+        if value and value % size:
+            raise ValueError(f"{name}={value} is not divisible by tensor_parallel_size={size}")
     if device.type == "cuda":
         visible = torch.cuda.device_count()
         first = device.index or 0

@@ -42,6 +42,15 @@ SUPPORTED_TARGET_MODULES = {
     "up_proj": "mlp",
     "down_proj": "mlp",
 }
+# Module names that exist only in mixture-of-experts blocks: routed experts (Mixtral's w1/w2/w3
+# and block_sparse_moe, Qwen2-MoE's experts), the shared expert and its gate, and the router.
+EXPERT_MODULE_PARTS = frozenset(
+    {"block_sparse_moe", "experts", "shared_expert", "shared_expert_gate", "gate", "w1", "w2", "w3"}
+)
+EXPERT_REFUSAL = (
+    "expert weights are not supported yet: an adapter of a mixture-of-experts model may target "
+    "its attention projections (q_proj, k_proj, v_proj, o_proj)"
+)
 TENSOR_NAME = re.compile(
     r"base_model\.model\.model\.layers\.(0|[1-9][0-9]*)\.(self_attn|mlp)\.(\w+)\.lora_(A|B)\.weight"
 )
@@ -75,20 +84,25 @@ class BaseModelShape:
     num_key_value_heads: int
     head_dim: int
     num_hidden_layers: int
+    # Layers whose MLP is a mixture of experts (its gate/up/down are not LoRA targets).
+    moe_layers: frozenset[int] = frozenset()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> BaseModelShape:
-        """Read a Hugging Face `config.json` dict (Llama-family field names)."""
+        """Read a Hugging Face `config.json` dict (Llama-family field names, and the expert
+        fields of Mixtral and Qwen2-MoE)."""
         try:
             hidden = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
+            num_layers = int(config["num_hidden_layers"])
             return cls(
                 hidden_size=hidden,
                 intermediate_size=int(config["intermediate_size"]),
                 num_attention_heads=heads,
                 num_key_value_heads=int(config.get("num_key_value_heads") or heads),
                 head_dim=int(config.get("head_dim") or hidden // heads),
-                num_hidden_layers=int(config["num_hidden_layers"]),
+                num_hidden_layers=num_layers,
+                moe_layers=_moe_layers(config, num_layers),
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise ValueError(f"base model config.json lacks a usable field: {exc!r}") from exc
@@ -110,6 +124,20 @@ class BaseModelShape:
             "up_proj": (self.hidden_size, self.intermediate_size),
             "down_proj": (self.intermediate_size, self.hidden_size),
         }[module]
+
+
+def _moe_layers(config: Mapping[str, Any], num_layers: int) -> frozenset[int]:
+    if int(config.get("num_local_experts") or 0) > 0:  # Mixtral: every layer
+        return frozenset(range(num_layers))
+    if int(config.get("num_experts") or 0) > 0:  # Qwen2-MoE: a grid of layers, minus dense ones
+        step = int(config.get("decoder_sparse_step") or 1)
+        dense = {int(i) for i in config.get("mlp_only_layers") or []}
+        return frozenset(i for i in range(num_layers) if i not in dense and (i + 1) % step == 0)
+    return frozenset()
+
+
+def _names_expert_module(path: str) -> bool:
+    return not EXPERT_MODULE_PARTS.isdisjoint(re.split(r"\W+", path))
 
 
 @dataclass(frozen=True)
@@ -178,6 +206,8 @@ def parse_lora_config(raw: bytes, *, max_rank: int | None) -> LoraConfigFields:
         )
     for option, reason in UNSUPPORTED_OPTIONS.items():
         if config.get(option):
+            if option == "target_parameters" and _names_expert_module(str(config[option])):
+                reason = EXPERT_REFUSAL
             raise AdapterFormatError(f"{option}={config[option]!r} is not supported: {reason}")
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
@@ -204,6 +234,9 @@ def _declared_modules(config: dict[str, Any]) -> frozenset[str] | None:
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         raise AdapterFormatError("target_modules must be a non-empty list of module names")
     unsupported = sorted(set(targets) - set(SUPPORTED_TARGET_MODULES))
+    experts = [target for target in unsupported if _names_expert_module(target)]
+    if experts:
+        raise AdapterFormatError(f"target module(s) {experts}: {EXPERT_REFUSAL}")
     if unsupported:
         raise AdapterFormatError(
             f"target module(s) {unsupported} not supported; supported: "
@@ -268,6 +301,8 @@ def _parse_tensor_name(
 ) -> tuple[int, str, str]:
     if "lora_magnitude_vector" in name:
         raise AdapterFormatError(f"tensor {name!r} is a DoRA magnitude; DoRA is not supported")
+    if _names_expert_module(name.removeprefix("base_model.model.")):
+        raise AdapterFormatError(f"tensor {name!r}: {EXPERT_REFUSAL}")
     match = TENSOR_NAME.fullmatch(name)
     if match is None:
         raise AdapterFormatError(
@@ -288,6 +323,11 @@ def _parse_tensor_name(
         raise AdapterFormatError(
             f"tensor {name!r} is for layer {layer} but the base model has "
             f"{base.num_hidden_layers} layers"
+        )
+    if base is not None and block == "mlp" and layer in base.moe_layers:
+        raise AdapterFormatError(
+            f"tensor {name!r} is for the MLP of layer {layer}, a mixture of experts; "
+            f"{EXPERT_REFUSAL}"
         )
     return layer, module, half
 

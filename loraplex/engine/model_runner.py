@@ -17,7 +17,6 @@ from loraplex.engine.context import ForwardContext, forward_context
 from loraplex.engine.cuda_graphs import DecodeGraphs
 from loraplex.engine.distributed import all_reduce_min, rank_device, tensor_parallel
 from loraplex.engine.layers.fp8 import fp8_checkpoint_weights, is_fp8_checkpoint
-from loraplex.engine.layers.linear import LinearBase
 from loraplex.engine.layers.lora import apply_lora
 from loraplex.engine.loader import load_weights
 from loraplex.engine.models.registry import resolve_model_class
@@ -69,7 +68,7 @@ class ModelRunner:
         load_weights(self.model, model_cfg.model)
         if model_cfg.quantization == "fp8" and not fp8_checkpoint:
             for module in self.model.modules():
-                if isinstance(module, LinearBase):
+                if hasattr(module, "quantize_fp8_"):  # linear layers and stacked experts
                     module.quantize_fp8_()
         self.model.eval()
         self.lora_layers = {}

@@ -152,3 +152,99 @@ def lora_expand_ref(
 
 def _active_slots(token_lora: torch.Tensor) -> list[int]:
     return [slot for slot in torch.unique(token_lora).tolist() if slot >= 0]
+
+
+def quantize_fp8_per_channel_ref(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantise weights to float8_e4m3fn with one scale per output channel (row).
+
+    weight: [..., N, K]. Returns (q [..., N, K] float8_e4m3fn, scale [..., N] float32) with
+    weight ~= q * scale[..., None]; each row's largest magnitude maps to the fp8 maximum.
+    """
+    amax = weight.float().abs().amax(dim=-1)
+    scale = (amax / torch.finfo(FP8_DTYPE).max).clamp(min=torch.finfo(torch.float32).tiny)
+    return quantize_fp8_ref(weight, scale.unsqueeze(-1)), scale
+
+
+def fused_moe_ref(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    w13_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mixture-of-experts MLP of every token over its routed experts:
+
+        for each token t and choice k, with e = topk_ids[t, k]:
+            gate, up = (w13[e] @ hidden[t]).split(I)               (float32 sums)
+            act = (silu(gate) * up).to(hidden.dtype)
+            part[t, k] = (topk_weights[t, k] * (w2[e] @ act)).to(hidden.dtype)
+        out[t] = sum_k part[t, k]                                  (float32 sum, rounded once)
+
+    hidden: [T, H] fp16/bf16/fp32; w13: [E, 2 * I, H] (gate rows, then up rows) and w2:
+    [E, H, I], in hidden's dtype or float8_e4m3fn with w13_scale [E, 2 * I] and w2_scale
+    [E, H] (float32, one per output channel: w = q * scale); topk_weights: [T, K] (used in
+    float32); topk_ids: [T, K] integer. A choice whose expert id lies outside [0, E) adds
+    nothing. Returns [T, H] in hidden's dtype.
+    """
+    num_experts, double_inter, _ = w13.shape
+    inter = double_inter // 2
+    parts = torch.zeros(*topk_ids.shape, w2.shape[1], dtype=hidden.dtype, device=hidden.device)
+    weights = topk_weights.float()
+    for expert in range(num_experts):
+        tokens, choices = (topk_ids == expert).nonzero(as_tuple=True)
+        if tokens.numel() == 0:
+            continue
+        gate_up = hidden[tokens].float() @ _dequantized(w13[expert], w13_scale, expert).t()
+        act = (torch.nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]).to(hidden.dtype)
+        down = act.float() @ _dequantized(w2[expert], w2_scale, expert).t()
+        parts[tokens, choices] = (down * weights[tokens, choices, None]).to(hidden.dtype)
+    return parts.float().sum(dim=1).to(hidden.dtype)
+
+
+def _dequantized(weight: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
+    if scale is None:
+        return weight.float()
+    return weight.float() * scale[expert].float().unsqueeze(-1)
+
+
+def align_by_expert_ref(
+    topk_ids: torch.Tensor, num_experts: int, block_m: int, num_blocks: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group the T * K assignments of `topk_ids` [T, K] (numbered t * K + k) by expert into
+    blocks of `block_m` rows, each expert's group padded to a multiple of `block_m`.
+
+    Returns (sorted_ids [num_blocks * block_m] int32: assignment ids, experts in ascending order,
+    each expert's in ascending order, padding rows = T * K; block_experts [num_blocks] int32: the
+    expert of each block, -1 past the used rows; num_padded [1] int32: rows in use). Ids outside
+    [0, num_experts) are in no block. `num_blocks` must cover the padded rows.
+    """
+    device = topk_ids.device
+    flat = topk_ids.reshape(-1).to(torch.int64)
+    num_assignments = flat.shape[0]
+    keys = torch.where((flat >= 0) & (flat < num_experts), flat, num_experts)
+    # scatter_add rather than bincount: bincount on CUDA reads the maximum back to the host.
+    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=device)
+    counts.scatter_add_(0, keys, torch.ones_like(keys))
+    counts = counts[:num_experts]
+    padded = (counts + block_m - 1) // block_m * block_m
+    padded_ends = torch.cumsum(padded, 0)
+    sorted_keys, order = torch.sort(keys, stable=True)
+    expert_of_row = sorted_keys.clamp(max=num_experts - 1)
+    first_row = torch.cumsum(counts, 0) - counts  # where each expert starts among sorted keys
+    rank_in_expert = torch.arange(num_assignments, device=device) - first_row[expert_of_row]
+    capacity = num_blocks * block_m
+    # Invalid assignments scatter into one spare slot past the end, sliced away below.
+    dest = torch.where(
+        sorted_keys < num_experts,
+        padded_ends[expert_of_row] - padded[expert_of_row] + rank_in_expert,
+        capacity,
+    )
+    sorted_ids = torch.full((capacity + 1,), num_assignments, dtype=torch.int32, device=device)
+    sorted_ids.scatter_(0, dest, order.to(torch.int32))
+    block_starts = torch.arange(num_blocks, dtype=torch.int64, device=device) * block_m
+    block_experts = torch.searchsorted(padded_ends, block_starts, right=True, out_int32=True)
+    block_experts = torch.where(block_experts < num_experts, block_experts, -1)
+    return sorted_ids[:capacity], block_experts, padded_ends[-1:].to(torch.int32)

@@ -20,7 +20,11 @@ DESCRIPTION = (
 def add_make_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, choices=list(PRESETS), help="model shapes")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the model to")
-    parser.add_argument("--arch", default="llama", choices=list(ARCHITECTURES))
+    parser.add_argument(
+        "--arch",
+        choices=list(ARCHITECTURES),
+        help="architecture (default: the preset's first, llama for the dense presets)",
+    )
     parser.add_argument("--seed", default=0, type=_non_negative_int, help="default: 0")
     parser.add_argument(
         "--dtype", choices=DTYPES, help="weight dtype (default: float32 for tiny, else bfloat16)"
@@ -40,16 +44,17 @@ def run_make_model(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a non-empty folder; pass --force to overwrite it")
     from loraplex.modelgen.writer import make_model
 
+    arch = args.arch or PRESETS[args.preset].architectures[0]
     make_model(
         args.preset,
         out,
-        arch=args.arch,
+        arch=arch,
         seed=args.seed,
         dtype=args.dtype,
         device=args.device,
         overwrite=args.force,
     )
-    print(f"wrote {args.preset} {args.arch} model (seed {args.seed}) to {out}")
+    print(f"wrote {args.preset} {arch} model (seed {args.seed}) to {out}")
     return 0
 
 

@@ -5,12 +5,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from transformers import GenerationConfig, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    MistralConfig,
+    MixtralConfig,
+    Qwen2Config,
+    Qwen2MoeConfig,
+)
 
 from loraplex.modelgen.presets import ModelSpec
 from loraplex.modelgen.tokenizer import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
 
-_CONFIG_CLASSES = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+_CONFIG_CLASSES = {
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,
+    "qwen2": Qwen2Config,
+    "mixtral": MixtralConfig,
+    "qwen2_moe": Qwen2MoeConfig,
+}
 
 
 def model_config(spec: ModelSpec) -> dict[str, Any]:
@@ -41,12 +54,14 @@ def model_config(spec: ModelSpec) -> dict[str, Any]:
         pad_token_id=PAD_TOKEN_ID,
         dtype=spec.dtype,
     )
-    if spec.arch in ("llama", "mistral"):
+    if spec.arch in ("llama", "mistral", "mixtral"):
         kwargs["head_dim"] = p.head_dim
     if spec.arch == "mistral":
         kwargs["sliding_window"] = spec.sliding_window
-    if spec.arch == "qwen2":
+    if spec.arch in ("qwen2", "qwen2_moe"):
         kwargs["use_sliding_window"] = False
+    if spec.is_moe:
+        kwargs.update(_moe_config(spec))
     config = _CONFIG_CLASSES[spec.arch](**kwargs)
     content = json.loads(config.to_json_string())
     content["torch_dtype"] = spec.dtype
@@ -54,6 +69,28 @@ def model_config(spec: ModelSpec) -> dict[str, Any]:
     if spec.rope_scaling is not None:
         content["rope_scaling"] = dict(spec.rope_scaling)
     return dict(sorted(content.items()))
+
+
+def _moe_config(spec: ModelSpec) -> dict[str, Any]:
+    moe = spec.preset.moe
+    if spec.arch == "mixtral":
+        # Mixtral's experts are its MLP: intermediate_size is each expert's.
+        return {
+            "intermediate_size": moe.expert_intermediate_size,
+            "num_local_experts": moe.num_experts,
+            "num_experts_per_tok": spec.experts_per_token,
+            "sliding_window": None,
+        }
+    return {
+        "num_experts": moe.num_experts,
+        "num_experts_per_tok": spec.experts_per_token,
+        "moe_intermediate_size": moe.expert_intermediate_size,
+        "shared_expert_intermediate_size": moe.shared_expert_intermediate_size,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "qkv_bias": True,
+    }
 
 
 def generation_config() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,15 @@ TIED_RESIDUAL_GAIN = 5.0
 # Sharper attention than a plain 1/sqrt(fan_in) so the attended positions (and thus masks,
 # sliding windows and rotary positions) matter.
 QUERY_KEY_GAIN = 2.0
+# Router logits of unit spread: tokens spread over all experts, and the k-th and (k+1)-th
+# choices are usually far apart compared to rounding, so the selection is decided by the weights.
+ROUTER_LOGIT_STD = 1.0
+
+# Checkpoint names of the (gate, up, down) projections of an MLP or expert.
+LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
+MIXTRAL_EXPERT = ("w1", "w3", "w2")
+# The attribute of a decoder layer that holds its mixture of experts.
+MOE_BLOCK = {"mixtral": "block_sparse_moe", "qwen2_moe": "mlp"}
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -66,7 +76,7 @@ def tensor_specs(spec: ModelSpec) -> list[TensorSpec]:
 
     tensors = [TensorSpec("model.embed_tokens.weight", (p.vocab_size, hidden), 0.0, embed_std)]
     for i in range(p.num_hidden_layers):
-        attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        attn = f"model.layers.{i}.self_attn"
         tensors += [
             norm(f"model.layers.{i}.input_layernorm.weight"),
             normal(f"{attn}.q_proj.weight", (q_size, hidden), QUERY_KEY_GAIN),
@@ -74,10 +84,8 @@ def tensor_specs(spec: ModelSpec) -> list[TensorSpec]:
             normal(f"{attn}.v_proj.weight", (kv_size, hidden)),
             normal(f"{attn}.o_proj.weight", (hidden, q_size), residual_gain),
             norm(f"model.layers.{i}.post_attention_layernorm.weight"),
-            normal(f"{mlp}.gate_proj.weight", (p.intermediate_size, hidden)),
-            normal(f"{mlp}.up_proj.weight", (p.intermediate_size, hidden)),
-            normal(f"{mlp}.down_proj.weight", (hidden, p.intermediate_size), residual_gain),
         ]
+        tensors += _mlp_tensors(spec, i, normal, residual_gain)
         if spec.attention_bias:
             tensors += [
                 TensorSpec(f"{attn}.{proj}.bias", (size,), 0.0, BIAS_STD)
@@ -86,6 +94,37 @@ def tensor_specs(spec: ModelSpec) -> list[TensorSpec]:
     tensors.append(norm("model.norm.weight"))
     if not spec.tie_word_embeddings:
         tensors.append(normal("lm_head.weight", (p.vocab_size, hidden), TARGET_LOGIT_STD))
+    return tensors
+
+
+def _mlp_tensors(
+    spec: ModelSpec, layer: int, normal: Callable[..., TensorSpec], residual_gain: float
+) -> list[TensorSpec]:
+    """The feed-forward tensors of one layer: a dense MLP, or a router and its experts in the
+    per-expert layout transformers writes (and hub checkpoints use)."""
+    p = spec.preset
+    hidden = p.hidden_size
+
+    def gated(prefix: str, size: int, names: tuple[str, str, str]) -> list[TensorSpec]:
+        gate, up, down = names
+        return [
+            normal(f"{prefix}.{gate}.weight", (size, hidden)),
+            normal(f"{prefix}.{up}.weight", (size, hidden)),
+            normal(f"{prefix}.{down}.weight", (hidden, size), residual_gain),
+        ]
+
+    if not spec.is_moe:
+        return gated(f"model.layers.{layer}.mlp", p.intermediate_size, LLAMA_MLP)
+    moe = p.moe
+    block = f"model.layers.{layer}.{MOE_BLOCK[spec.arch]}"
+    names = MIXTRAL_EXPERT if spec.arch == "mixtral" else LLAMA_MLP
+    tensors = [normal(f"{block}.gate.weight", (moe.num_experts, hidden), ROUTER_LOGIT_STD)]
+    for expert in range(moe.num_experts):
+        tensors += gated(f"{block}.experts.{expert}", moe.expert_intermediate_size, names)
+    if spec.arch == "qwen2_moe":
+        size = moe.shared_expert_intermediate_size
+        tensors += gated(f"{block}.shared_expert", size, LLAMA_MLP)
+        tensors.append(normal(f"{block}.shared_expert_gate.weight", (1, hidden)))
     return tensors
 
 

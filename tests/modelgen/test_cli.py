@@ -40,6 +40,36 @@ def test_make_model_writes_a_model_folder(tmp_path, capsys):
     }
 
 
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_make_model_writes_the_moe_architectures(tmp_path, capsys, arch):
+    out = tmp_path / arch
+    assert run_cli("--preset", "tiny", "--out", str(out), "--arch", arch) == 0
+    assert f"wrote tiny {arch} model" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == arch
+    assert config["num_experts_per_tok"] == (2 if arch == "mixtral" else 4)
+
+
+def test_a_preset_of_one_architecture_defaults_to_it_and_refuses_others(
+    tmp_path, capsys, monkeypatch
+):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("--preset", "mixtral-8x7b", "--out", str(tmp_path / "m"), "--arch", "llama")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "preset 'mixtral-8x7b' has no 'llama' variant; it describes mixtral" in err
+    assert not (tmp_path / "m").exists()
+
+    import loraplex.modelgen.writer as writer
+
+    made = {}
+    monkeypatch.setattr(
+        writer, "make_model", lambda preset, out, *, arch, **_: made.update(arch=arch)
+    )
+    assert run_cli("--preset", "mixtral-8x7b", "--out", str(tmp_path / "n")) == 0
+    assert made == {"arch": "mixtral"}
+
+
 def test_dtype_option_sets_the_weight_dtype(tmp_path):
     out = tmp_path / "model"
     assert run_cli("--preset", "tiny", "--out", str(out), "--dtype", "float16") == 0

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraplex.modelgen import ARCHITECTURES
+from loraplex.modelgen.presets import MOE_ARCHITECTURES
 
 PROMPTS = [
     "Hello, my name is",
@@ -100,3 +101,31 @@ def test_greedy_continuations_are_not_degenerate(model_and_tokenizer):
     assert all(len(set(tokens)) >= 4 for tokens in continuations)
     assert len({tokens[0] for tokens in continuations}) >= 4
     assert len({t for tokens in continuations for t in tokens}) >= 40
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
+def test_routers_spread_tokens_over_experts_with_clear_choices(tiny_models, arch):
+    """Every expert serves tokens, and the last chosen expert beats the first unchosen one by
+    far more than rounding, so the selection is decided by the weights."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
+    router_logits: list[torch.Tensor] = []
+    hooks = [
+        layer.mlp.gate.register_forward_hook(lambda _m, _i, out: router_logits.append(out[0]))
+        for layer in model.model.layers
+    ]
+    try:
+        forward_all(model, tokenizer)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    top_k = model.config.num_experts_per_tok
+    num_experts = len(model.model.layers[0].mlp.experts.gate_up_proj)
+    logits = torch.cat(router_logits)
+    assert logits.shape[0] > 500 and logits.shape[1] == num_experts
+    ranked = logits.sort(dim=-1, descending=True).values
+    margins = ranked[:, top_k - 1] - ranked[:, top_k]
+    assert (margins > 1e-3).float().mean() >= 0.99
+    chosen = logits.topk(top_k, dim=-1).indices.flatten()
+    share = torch.bincount(chosen, minlength=num_experts).float() / chosen.numel()
+    assert share.min() > 0.2 / num_experts and share.max() < 3.0 / num_experts

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.core_model_loading import revert_weight_conversion
 
-from loraplex.modelgen import ARCHITECTURES, PRESETS, make_model
+from loraplex.modelgen import PRESETS, make_model
 from loraplex.modelgen.hf_config import model_config
 from loraplex.modelgen.presets import resolve_spec
 from loraplex.modelgen.weights import tensor_specs
@@ -25,15 +26,19 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+PRESET_ARCHS = [(preset, arch) for preset in PRESETS for arch in PRESETS[preset].architectures]
+
+
+@pytest.mark.parametrize(("preset", "arch"), PRESET_ARCHS)
 def test_tensors_match_what_transformers_builds(tmp_path, preset, arch):
     spec = resolve_spec(preset, arch)
     (tmp_path / "config.json").write_text(json.dumps(model_config(spec)))
     config = AutoConfig.from_pretrained(tmp_path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    # The layout save_pretrained writes: MoE experts one tensor each, not fused in memory.
+    state = revert_weight_conversion(model, model.state_dict())
+    expected = {name: tuple(p.shape) for name, p in state.items()}
     if spec.tie_word_embeddings:
         del expected["lm_head.weight"]
     assert {t.name: t.shape for t in tensor_specs(spec)} == expected
@@ -42,6 +47,39 @@ def test_tensors_match_what_transformers_builds(tmp_path, preset, arch):
 def test_llama3_8b_has_the_parameter_count_of_llama_3_8b():
     tensors = tensor_specs(resolve_spec("llama3-8b", "llama"))
     assert sum(t.numel for t in tensors) == 8_030_261_248
+
+
+def test_mixtral_8x7b_has_the_parameter_count_of_mixtral_8x7b():
+    spec = resolve_spec("mixtral-8x7b", "mixtral")
+    assert spec.dtype == "bfloat16" and spec.experts_per_token == 2
+    tensors = tensor_specs(spec)
+    assert sum(t.numel for t in tensors) == 46_702_792_704
+    shards = plan_shards(tensors, 2, DEFAULT_MAX_SHARD_BYTES)
+    sizes = [sum(t.numel * 2 for t in shard) for shard in shards]
+    assert len(shards) == 19 and max(sizes) <= DEFAULT_MAX_SHARD_BYTES
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_moe"])
+def test_mixtral_8x7b_is_mixtral_only(arch):
+    with pytest.raises(ValueError, match="preset 'mixtral-8x7b' has no .* variant"):
+        resolve_spec("mixtral-8x7b", arch)
+
+
+def test_moe_experts_and_routers_scale_with_fan_in(tiny_models):
+    weights = read_weights(tiny_models["qwen2_moe"])
+    layer = "model.layers.1.mlp"
+    moe = PRESETS["tiny"].moe
+    assert weights[f"{layer}.gate.weight"].shape == (moe.num_experts, 128)
+    assert weights[f"{layer}.gate.weight"].std() == pytest.approx(128**-0.5, rel=0.1)
+    down = weights[f"{layer}.experts.7.down_proj.weight"]
+    assert down.shape == (128, moe.expert_intermediate_size)
+    assert down.std() == pytest.approx(moe.expert_intermediate_size**-0.5, rel=0.1)
+    shared = weights[f"{layer}.shared_expert.down_proj.weight"]
+    assert shared.std() == pytest.approx(moe.shared_expert_intermediate_size**-0.5, rel=0.1)
+    # Every expert is drawn from its own generator.
+    assert not torch.equal(
+        weights[f"{layer}.experts.0.up_proj.weight"], weights[f"{layer}.experts.1.up_proj.weight"]
+    )
 
 
 def test_llama3_8b_is_written_in_four_shards_of_at_most_5gb():

@@ -1,11 +1,14 @@
 """The Llama family: Llama, Mistral and Qwen2 share one decoder, differing only in config.
 
 Qwen2 adds biases to q/k/v; Mistral (and Qwen2 when enabled) use a sliding attention window;
-Llama may use llama3 / linear rope scaling and optional attention / MLP biases.
+Llama may use llama3 / linear rope scaling and optional attention / MLP biases. The
+mixture-of-experts models (Mixtral, Qwen2-MoE) reuse this decoder and replace only the
+feed-forward block of each layer, through `LlamaForCausalLM.make_mlp`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,8 +42,9 @@ class LlamaAttention(nn.Module):
         super().__init__()
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        qkv_bias = cfg.model_type == "qwen2" or getattr(cfg, "attention_bias", False)
-        o_bias = cfg.model_type != "qwen2" and getattr(cfg, "attention_bias", False)
+        qwen = cfg.model_type in ("qwen2", "qwen2_moe")
+        qkv_bias = getattr(cfg, "qkv_bias", qwen) or getattr(cfg, "attention_bias", False)
+        o_bias = not qwen and getattr(cfg, "attention_bias", False)
         self.qkv_proj = QKVParallelLinear(
             cfg.hidden_size, head_dim, cfg.num_attention_heads, num_kv_heads, qkv_bias
         )
@@ -68,13 +72,17 @@ class LlamaAttention(nn.Module):
         return self.o_proj(self.attn(q, k, v))
 
 
+def check_silu(cfg: Any) -> None:
+    if cfg.hidden_act != "silu":
+        raise ValueError(f"hidden_act={cfg.hidden_act!r} is not supported (only 'silu')")
+
+
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, intermediate_size: int | None = None) -> None:
         super().__init__()
-        if cfg.hidden_act != "silu":
-            raise ValueError(f"hidden_act={cfg.hidden_act!r} is not supported (only 'silu')")
+        check_silu(cfg)
         bias = getattr(cfg, "mlp_bias", False)
-        size = cfg.intermediate_size
+        size = cfg.intermediate_size if intermediate_size is None else intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [size, size], bias)
         self.down_proj = RowParallelLinear(size, cfg.hidden_size, bias)
         self.act = SiluAndMul()
@@ -83,11 +91,15 @@ class LlamaMLP(nn.Module):
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
+# Builds the feed-forward block of decoder layer `layer_index`.
+MLPFactory = Callable[[Any, int], nn.Module]
+
+
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: Any, layer_index: int) -> None:
+    def __init__(self, cfg: Any, layer_index: int, mlp: nn.Module) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(cfg, layer_index)
-        self.mlp = LlamaMLP(cfg)
+        self.mlp = mlp
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -97,10 +109,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, make_mlp: MLPFactory) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, i, make_mlp(cfg, i)) for i in range(cfg.num_hidden_layers)
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -128,10 +142,14 @@ class LlamaForCausalLM(nn.Module):
                 f"tensor_parallel_size={tp_size()}"
             )
         self.config = cfg
-        self.model = LlamaModel(cfg)
+        self.model = LlamaModel(cfg, self.make_mlp)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
         if getattr(cfg, "tie_word_embeddings", False):
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def make_mlp(self, cfg: Any, layer_index: int) -> nn.Module:
+        """The feed-forward block of a decoder layer; MoE models return their expert block."""
+        return LlamaMLP(cfg)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)

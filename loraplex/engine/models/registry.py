@@ -7,11 +7,15 @@ from typing import Any
 from torch import nn
 
 from loraplex.engine.models.llama import LlamaForCausalLM
+from loraplex.engine.models.mixtral import MixtralForCausalLM
+from loraplex.engine.models.qwen2_moe import Qwen2MoeForCausalLM
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
+    "MixtralForCausalLM": MixtralForCausalLM,
+    "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
 }
 
 

@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from loraplex.adapter_format.peft import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    LoraAdapterSpec,
+    validate_adapter_files,
+)
 from loraplex.adapters.cache_stats import CacheStats, CacheStatsSnapshot
 from loraplex.adapters.disk_cache import (
     AdapterSource,
@@ -28,12 +34,6 @@ from loraplex.adapters.disk_cache import (
 )
 from loraplex.adapters.errors import AdapterFetchError
 from loraplex.adapters.object_store import ObjectStore
-from loraplex.adapters.peft_format import (
-    ADAPTER_CONFIG_FILE,
-    ADAPTER_WEIGHTS_FILE,
-    LoraAdapterSpec,
-    validate_adapter_files,
-)
 
 if TYPE_CHECKING:
     import torch

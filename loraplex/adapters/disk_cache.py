@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loraplex.adapter_format.peft import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from loraplex.adapters.errors import AdapterFetchError
 from loraplex.adapters.object_store import ObjectStore
-from loraplex.adapters.peft_format import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 if TYPE_CHECKING:  # the cache itself runs without the database packages
     from loraplex.adapters.models import AdapterVersion

@@ -21,15 +21,15 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from loraplex.adapters.errors import NotFoundError, TenantDisabledError
-from loraplex.adapters.models import Adapter, AdapterVersion, utcnow
-from loraplex.adapters.object_store import ObjectStore
-from loraplex.adapters.peft_format import (
+from loraplex.adapter_format.peft import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     BaseModelShape,
     validate_adapter_files,
 )
+from loraplex.adapters.errors import NotFoundError, TenantDisabledError
+from loraplex.adapters.models import Adapter, AdapterVersion, utcnow
+from loraplex.adapters.object_store import ObjectStore
 from loraplex.adapters.registry import (
     allocate_version_number,
     create_adapter_version,

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from loraplex.adapters.errors import QuotaExceededError
-from loraplex.adapters.peft_format import (
+from loraplex.adapter_format.peft import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     AdapterFormatError,
     is_pickle_filename,
     pickle_refusal,
 )
+from loraplex.adapters.errors import QuotaExceededError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 MAX_ARCHIVE_MEMBERS = 1000

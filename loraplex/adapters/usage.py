@@ -6,6 +6,7 @@ with one expression per dialect, so that aggregation scales with the database, n
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -139,3 +140,42 @@ def aggregate_usage(
         )
         for row in session.execute(query)
     ]
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def usage_totals_by_tenant(
+    *, session: Session, start: datetime, end: datetime, tenant_ids: Collection[int]
+) -> dict[int, UsageTotals]:
+    """Each tenant's totals for `start <= time < end` (zeros for a tenant without usage)."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end must be timezone-aware")
+    totals = dict.fromkeys(tenant_ids, UsageTotals(0, 0, 0))
+    if not totals:
+        return totals
+    rows = session.execute(
+        select(
+            UsageRecord.tenant_id,
+            func.count(),
+            func.sum(UsageRecord.prompt_tokens),
+            func.sum(UsageRecord.completion_tokens),
+        )
+        .where(
+            UsageRecord.tenant_id.in_(set(tenant_ids)),
+            UsageRecord.created_at >= start,
+            UsageRecord.created_at < end,
+        )
+        .group_by(UsageRecord.tenant_id)
+    )
+    for tenant_id, requests, prompt, completion in rows:
+        totals[tenant_id] = UsageTotals(int(requests), int(prompt), int(completion))
+    return totals

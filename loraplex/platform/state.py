@@ -11,9 +11,9 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from loraplex.adapter_format.peft import BaseModelShape
 from loraplex.adapters.cache import AdapterCache
 from loraplex.adapters.object_store import ObjectStore, open_object_store
-from loraplex.adapters.peft_format import BaseModelShape
 from loraplex.engine.async_engine import AsyncEngineArgs, AsyncLLMEngine
 from loraplex.platform.adapter_loading import AdapterLoader
 from loraplex.platform.admission import AdmissionControl

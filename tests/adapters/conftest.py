@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
+from loraplex.adapter_format.peft import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, BaseModelShape
 from loraplex.adapters.local_store import LocalObjectStore
 from loraplex.adapters.object_store import ObjectStore
-from loraplex.adapters.peft_format import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, BaseModelShape
 from tests.adapters.support import AdapterFiles, make_s3_store
 
 if TYPE_CHECKING:

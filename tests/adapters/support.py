@@ -10,9 +10,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from loraplex.adapter_format.peft import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from loraplex.adapters.disk_cache import AdapterSource
 from loraplex.adapters.object_store import ObjectStore
-from loraplex.adapters.peft_format import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from loraplex.adapters.staging import UploadedFile
 
 

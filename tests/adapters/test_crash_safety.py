@@ -24,7 +24,7 @@ CRASHING_UPLOAD = textwrap.dedent(
 
     from loraplex.adapters.lifecycle import UploadPolicy, upload_adapter_version
     from loraplex.adapters.object_store import open_object_store
-    from loraplex.adapters.peft_format import BaseModelShape
+    from loraplex.adapter_format.peft import BaseModelShape
     from loraplex.adapters.staging import UploadedFile
     from loraplex.platform.db import create_db_engine, create_session_factory
 

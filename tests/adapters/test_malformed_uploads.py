@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load, save
 from sqlalchemy import func, select
 
+from loraplex.adapter_format.peft import AdapterFormatError
 from loraplex.adapters.errors import QuotaExceededError
 from loraplex.adapters.lifecycle import upload_adapter_version
 from loraplex.adapters.models import Adapter, AdapterVersion, ApiKey
-from loraplex.adapters.peft_format import AdapterFormatError
 from loraplex.adapters.staging import UploadedFile
 from loraplex.adapters.tenants import create_tenant
 from tests.adapters.archives import tar_files, tar_gz, zip_files

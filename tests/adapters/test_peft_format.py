@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplex.adapters.peft_format import (
+from loraplex.adapter_format.peft import (
     AdapterFormatError,
     BaseModelShape,
     load_adapter_tensors,

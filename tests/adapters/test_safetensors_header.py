@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from loraplex.adapters.safetensors_header import (
+from loraplex.adapter_format.safetensors_header import (
     SafetensorsHeaderError,
     read_safetensors_index,
 )

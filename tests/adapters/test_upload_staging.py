@@ -5,8 +5,8 @@ import io
 
 import pytest
 
+from loraplex.adapter_format.peft import AdapterFormatError
 from loraplex.adapters.errors import QuotaExceededError
-from loraplex.adapters.peft_format import AdapterFormatError
 from loraplex.adapters.staging import UploadedFile, stage_upload
 from tests.adapters.archives import tar_files, zip_files
 

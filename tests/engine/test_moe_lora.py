@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from loraplex import LLM, LoRARequest, SamplingParams
-from loraplex.adapters.peft_format import (
+from loraplex.adapter_format.peft import (
     AdapterFormatError,
     BaseModelShape,
     validate_adapter_files,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from loraplex.adapters.peft_format import (
+from loraplex.adapter_format.peft import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     AdapterFormatError,

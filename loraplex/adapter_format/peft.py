@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraplex.adapters.safetensors_header import (
+from loraplex.adapter_format.safetensors_header import (
     SafetensorsHeaderError,
     TensorInfo,
     read_safetensors_index,

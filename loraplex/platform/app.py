@@ -4,14 +4,20 @@ the model and connects the registry before the first request is served."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from loraplex import __version__
+from loraplex.platform import dashboard
 from loraplex.platform.errors import install_error_handlers
-from loraplex.platform.middleware import HTTPMetricsMiddleware, UploadSizeLimitMiddleware
+from loraplex.platform.middleware import (
+    UPLOAD_PATHS,
+    HTTPMetricsMiddleware,
+    UploadSizeLimitMiddleware,
+)
 from loraplex.platform.routers import ALL_ROUTERS
 from loraplex.platform.settings import Settings, get_settings
 from loraplex.platform.state import close_state, open_state
@@ -25,7 +31,7 @@ Many LoRA adapters, many tenants, one base model.
 * **Adapters** (`/v1/adapters`, tenant key): upload PEFT adapters (safetensors only), list,
   delete.
 * **Admin** (`/admin/v1/...`, admin key): tenants and quotas, keys, all adapters, the engine,
-  usage.
+  usage. The same in a browser: the dashboard at `/dashboard`.
 
 Authenticate with `Authorization: Bearer <key>`.
 """
@@ -39,7 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = await open_state(settings)
         app.state.loraplex = state
         try:
-            yield
+            async with app.state.dashboard.sampling(state):
+                yield
         finally:
             await asyncio.to_thread(close_state, state)
 
@@ -47,6 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ALL_ROUTERS:
         app.include_router(router)
-    app.add_middleware(UploadSizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    dashboard.mount_dashboard(app)
+    uploads = re.compile(f"{UPLOAD_PATHS.pattern}|{dashboard.UPLOAD_PATHS.pattern}")
+    app.add_middleware(
+        UploadSizeLimitMiddleware, max_bytes=settings.max_upload_bytes, paths=uploads
+    )
     app.add_middleware(HTTPMetricsMiddleware)
     return app

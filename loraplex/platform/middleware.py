@@ -7,6 +7,7 @@ responses and hides client disconnects from the streaming code.
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from loraplex.platform.errors import error_body
 
 UPLOAD_PATH = "/v1/adapters"
+UPLOAD_PATHS = re.compile(re.escape(UPLOAD_PATH))
 # Room for the multipart envelope (boundaries, headers, the name field) around the files.
 MULTIPART_SLACK_BYTES = 1024 * 1024
 
@@ -63,14 +65,20 @@ async def _send_too_large(send: Send, limit: int) -> None:
 
 class UploadSizeLimitMiddleware:
     """Refuses an adapter upload larger than the platform's limit before it is spooled to disk:
-    at once from its Content-Length, or as soon as a body without one grows past the limit."""
+    at once from its Content-Length, or as soon as a body without one grows past the limit.
+    Uploads are the POSTs to a path that `paths` matches in full."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, paths: re.Pattern[str] = UPLOAD_PATHS) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != UPLOAD_PATH:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or self.paths.fullmatch(scope["path"]) is None
+        ):
             await self.app(scope, receive, send)
             return
         cap = self.max_bytes + MULTIPART_SLACK_BYTES

@@ -26,6 +26,8 @@ ResourceName = Annotated[
 SmallQuota = Annotated[int, Field(strict=True, gt=0, le=INT32_MAX)]
 LargeQuota = Annotated[int, Field(strict=True, gt=0, le=INT64_MAX)]
 DatabaseId = Annotated[int, Field(ge=1, le=INT32_MAX)]
+# A search within names: their alphabet (any case), and "/" between a tenant and an adapter.
+SearchText = Annotated[str, StringConstraints(max_length=129, pattern=r"^[A-Za-z0-9._/ -]*$")]
 
 
 class ListOf(BaseModel, Generic[T]):
@@ -175,11 +177,35 @@ class AdapterOut(BaseModel):
         )
 
 
+class AdminAdapterVersionOut(AdapterVersionOut):
+    """A version as the admin API lists it: with the registry's id, which the engine state
+    (`/admin/v1/engine`) uses for slots and loaded adapters."""
+
+    version_id: int
+
+    @classmethod
+    def from_admin_row(cls, name: str, row: AdapterVersion) -> AdminAdapterVersionOut:
+        return cls(version_id=row.id, **AdapterVersionOut.from_row(name, row).model_dump())
+
+
 class TenantAdapterOut(AdapterOut):
     """An adapter as the admin API lists it: with its tenant."""
 
     tenant_id: int
     tenant_name: str
+    versions: list[AdminAdapterVersionOut]
+
+    @classmethod
+    def from_tenant_row(
+        cls, tenant_name: str, adapter: Adapter, versions: list[AdapterVersion]
+    ) -> TenantAdapterOut:
+        summary = AdapterOut.from_row(adapter, versions).model_dump(exclude={"versions"})
+        return cls(
+            tenant_id=adapter.tenant_id,
+            tenant_name=tenant_name,
+            versions=[AdminAdapterVersionOut.from_admin_row(adapter.name, v) for v in versions],
+            **summary,
+        )
 
 
 class DeletedOut(BaseModel):
@@ -199,8 +225,25 @@ class SlotOut(BaseModel):
     idle_seconds: float | None
 
 
+class EngineConfigOut(BaseModel):
+    """How the engine was started (resolved values: a dtype of "auto" shows what it chose)."""
+
+    model_path: str
+    dtype: str
+    device: str
+    quantization: str | None
+    kv_cache_dtype: str
+    block_size: int  # tokens per KV-cache block
+    tensor_parallel_size: int
+    max_num_seqs: int  # sequences in one batch
+    max_num_batched_tokens: int  # tokens in one step
+    max_lora_rank: int
+    max_cpu_loras: int | None  # adapters kept in the engine's CPU memory
+
+
 class EngineOut(BaseModel):
     model: str
+    config: EngineConfigOut
     healthy: bool
     max_model_len: int
     num_running: int

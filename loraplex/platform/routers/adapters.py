@@ -13,30 +13,23 @@ import anyio.from_thread
 from fastapi import APIRouter, File, Form, UploadFile
 
 from loraplex.adapters.errors import NotFoundError
-from loraplex.adapters.lifecycle import (
-    UploadPolicy,
-    delete_adapter,
-    delete_adapter_version,
-    upload_adapter_version,
-)
 from loraplex.adapters.registry import (
     get_adapter,
     list_adapter_versions,
     list_adapters,
     parse_adapter_reference,
 )
-from loraplex.adapters.staging import UploadedFile
+from loraplex.platform.adapter_service import (
+    UPLOAD_HELP,
+    delete_adapter_or_version,
+    publish_upload,
+)
 from loraplex.platform.deps import Principal, SessionDep, StateDep, TenantDep
 from loraplex.platform.errors import APIError
 from loraplex.platform.references import local_reference
 from loraplex.platform.schemas import AdapterOut, AdapterVersionOut, DeletedOut, ListOf
 
 router = APIRouter(prefix="/v1/adapters", tags=["Adapters"])
-
-UPLOAD_HELP = (
-    "`name`, and either two `files` (adapter_config.json and adapter_model.safetensors) or one "
-    "`archive` (.tar.gz, .tgz or .zip holding them)."
-)
 
 
 def _parse(reference: str, principal: Principal) -> tuple[str, int | None]:
@@ -65,29 +58,14 @@ def upload_adapter(
     archive: Annotated[UploadFile | None, File(description="one archive of both")] = None,
 ) -> AdapterVersionOut:
     name = local_reference(name, principal)
-    if name == state.served_model_name:
-        raise APIError(400, f"{name!r} is the base model's name; choose another", param="name")
-    uploads = list(files or [])
-    if archive is not None:
-        uploads.append(archive)
-    if not uploads:
-        raise APIError(400, UPLOAD_HELP, param="files")
-    if archive is not None and len(uploads) > 1:
-        raise APIError(400, "send either files or an archive, not both", param="archive")
     assert principal.tenant_id is not None
-    settings = state.settings
-    row = upload_adapter_version(
+    row = publish_upload(
+        state,
         session=session,
-        store=state.store,
         tenant_id=principal.tenant_id,
         name=name,
-        files=[UploadedFile(upload.filename or "", upload.file) for upload in uploads],
-        policy=UploadPolicy(
-            base_model=state.served_model_name,
-            base_shape=state.base_shape,
-            max_rank=settings.max_lora_rank,
-            max_upload_bytes=settings.max_upload_bytes,
-        ),
+        files=files or [],
+        archive=archive,
     )
     return AdapterVersionOut.from_row(name, row)
 
@@ -152,18 +130,9 @@ def delete_tenant_adapter(
     tenant_id = principal.tenant_id
     assert tenant_id is not None
     name, version = _parse(reference, principal)
-    if version is None:
-        adapter = delete_adapter(session=session, store=state.store, tenant_id=tenant_id, name=name)
-        removed = [v.id for v in adapter.versions]
-    else:
-        adapter = get_adapter(session=session, tenant_id=tenant_id, name=name)
-        ready = list_adapter_versions(session=session, adapter_id=adapter.id)
-        if all(v.version != version for v in ready):
-            raise NotFoundError(f"adapter {reference!r} not found")
-        row = delete_adapter_version(
-            session=session, store=state.store, tenant_id=tenant_id, name=name, version=version
-        )
-        removed = [row.id]
+    removed = delete_adapter_or_version(
+        state, session=session, tenant_id=tenant_id, name=name, version=version
+    )
     # This handler runs in a worker thread; the engine's adapter calls are async.
     anyio.from_thread.run(state.adapters.forget, removed)
     return DeletedOut(id=reference)

@@ -1,4 +1,4 @@
-"""Admin: every tenant's adapters."""
+"""Admin: every tenant's adapters, searchable by name and a page at a time."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from loraplex.adapters.registry import list_adapter_versions, list_adapters
-from loraplex.adapters.tenants import get_tenant, list_tenants
+from loraplex.adapters.listing import MAX_OFFSET, MAX_PAGE_SIZE
+from loraplex.platform.admin_service import adapters_page
 from loraplex.platform.deps import SessionDep, require_admin
-from loraplex.platform.schemas import AdapterOut, DatabaseId, ListOf, TenantAdapterOut
+from loraplex.platform.schemas import DatabaseId, ListOf, SearchText, TenantAdapterOut
 
 router = APIRouter(
     prefix="/admin/v1/adapters", tags=["Admin"], dependencies=[Depends(require_admin)]
@@ -20,21 +20,14 @@ router = APIRouter(
 def list_all(
     session: SessionDep,
     tenant_id: Annotated[DatabaseId | None, Query(description="only this tenant's")] = None,
+    search: Annotated[
+        SearchText,
+        Query(description="adapter or tenant names containing this; `tenant/name` for both"),
+    ] = "",
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE_SIZE, description="default: all")] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ListOf[TenantAdapterOut]:
-    tenants = (
-        [get_tenant(session=session, tenant_id=tenant_id)]
-        if tenant_id is not None
-        else list_tenants(session=session)
+    page = adapters_page(
+        session=session, tenant_id=tenant_id, search=search, limit=limit, offset=offset
     )
-    found = []
-    for tenant in tenants:
-        for adapter in list_adapters(session=session, tenant_id=tenant.id):
-            versions = list_adapter_versions(session=session, adapter_id=adapter.id)
-            found.append(
-                TenantAdapterOut(
-                    tenant_id=tenant.id,
-                    tenant_name=tenant.name,
-                    **AdapterOut.from_row(adapter, versions).model_dump(),
-                )
-            )
-    return ListOf[TenantAdapterOut](data=found)
+    return ListOf[TenantAdapterOut](data=page.items)

@@ -1,21 +1,23 @@
-"""Admin: tenants (create, list, get, change quotas, disable or enable)."""
+"""Admin: tenants (create, list and search, get, change quotas, disable or enable)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 
-from loraplex.adapters.tenants import (
-    QUOTA_FIELDS,
-    create_tenant,
-    get_tenant,
-    list_tenants,
-    set_tenant_disabled,
-    update_tenant_quotas,
-)
+from loraplex.adapters.listing import MAX_OFFSET, MAX_PAGE_SIZE
+from loraplex.adapters.tenants import create_tenant, get_tenant
+from loraplex.platform.admin_service import tenants_page, update_tenant
 from loraplex.platform.deps import SessionDep, require_admin
-from loraplex.platform.schemas import DatabaseId, ListOf, TenantCreate, TenantOut, TenantUpdate
+from loraplex.platform.schemas import (
+    DatabaseId,
+    ListOf,
+    SearchText,
+    TenantCreate,
+    TenantOut,
+    TenantUpdate,
+)
 
 router = APIRouter(
     prefix="/admin/v1/tenants", tags=["Admin"], dependencies=[Depends(require_admin)]
@@ -29,9 +31,15 @@ def create(body: TenantCreate, session: SessionDep) -> TenantOut:
     return TenantOut.from_row(tenant)
 
 
-@router.get("", response_model=ListOf[TenantOut], summary="List tenants")
-def list_all(session: SessionDep) -> ListOf[TenantOut]:
-    return ListOf[TenantOut](data=[TenantOut.from_row(t) for t in list_tenants(session=session)])
+@router.get("", response_model=ListOf[TenantOut], summary="List tenants, by id")
+def list_all(
+    session: SessionDep,
+    search: Annotated[SearchText, Query(description="only names containing this")] = "",
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE_SIZE, description="default: all")] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> ListOf[TenantOut]:
+    page = tenants_page(session=session, search=search, limit=limit, offset=offset)
+    return ListOf[TenantOut](data=page.items)
 
 
 @router.get("/{tenant_id}", response_model=TenantOut, summary="Get a tenant")
@@ -47,12 +55,4 @@ def get(tenant_id: TenantId, session: SessionDep) -> TenantOut:
     "disabled tenant's keys stop authenticating until it is enabled again.",
 )
 def update(tenant_id: TenantId, body: TenantUpdate, session: SessionDep) -> TenantOut:
-    sent = body.model_dump(exclude_unset=True)
-    quotas = {field: sent[field] for field in QUOTA_FIELDS if field in sent}
-    tenant = get_tenant(session=session, tenant_id=tenant_id)
-    if quotas:
-        tenant = update_tenant_quotas(session=session, tenant_id=tenant_id, **quotas)
-    disabled = sent.get("disabled")
-    if disabled is not None:
-        tenant = set_tenant_disabled(session=session, tenant_id=tenant_id, disabled=disabled)
-    return TenantOut.from_row(tenant)
+    return TenantOut.from_row(update_tenant(session=session, tenant_id=tenant_id, update=body))

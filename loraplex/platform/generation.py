@@ -241,15 +241,18 @@ class GenerationRun:
                 metrics.time_per_output_token.observe((now - first) / (longest - 1))
 
     async def close(self) -> None:
-        """Abort what still runs, release the queue place and the adapter, record usage."""
+        """Abort what still runs, record usage, then release the queue place and the adapter
+        (so a request counts as in flight until its usage is on record)."""
         if self._closed:
             return
         self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._stack.aclose()
-        await self._settle()
+        try:
+            await self._settle()
+        finally:
+            await self._stack.aclose()
 
     def usage(self) -> tuple[int, int]:
         """(prompt tokens, completion tokens) of what ran so far."""

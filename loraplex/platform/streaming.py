@@ -105,3 +105,17 @@ async def collect_unless_disconnected(run: GenerationRun, request: Request) -> l
 
 def client_gone_response() -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+async def respond(run: GenerationRun, view: Any, request: Request, *, stream: bool) -> Response:
+    """The answer to a started generation: server-sent events of the view's chunks, or the
+    view's whole response once every output is in (a client gone meanwhile aborts the run)."""
+    if stream:
+        return SSEResponse(event_stream(run, view.chunks, view.final_chunks), on_close=run.close)
+    try:
+        outputs = await collect_unless_disconnected(run, request)
+    finally:
+        await run.close()
+    if outputs is None:
+        return client_gone_response()
+    return view.response(outputs)

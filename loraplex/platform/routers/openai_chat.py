@@ -28,12 +28,7 @@ from loraplex.platform.logprobs import TokenText, chat_logprobs
 from loraplex.platform.protocol import ChatCompletionRequest, ChatCompletionResponse, usage_dict
 from loraplex.platform.sampling import sampling_params
 from loraplex.platform.state import AppState
-from loraplex.platform.streaming import (
-    SSEResponse,
-    client_gone_response,
-    collect_unless_disconnected,
-    event_stream,
-)
+from loraplex.platform.streaming import respond
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -186,12 +181,4 @@ async def create_chat_completion(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
     )
     view = _ChatView(body, run, TokenText(state.engine.tokenizer))
-    if body.stream:
-        return SSEResponse(event_stream(run, view.chunks, view.final_chunks), on_close=run.close)
-    try:
-        outputs = await collect_unless_disconnected(run, request)
-    finally:
-        await run.close()
-    if outputs is None:
-        return client_gone_response()
-    return view.response(outputs)
+    return await respond(run, view, request, stream=body.stream)

@@ -31,6 +31,7 @@ class EngineSnapshot:
     loaded_adapter_ids: list[int]  # in the engine's CPU memory or a slot
     slot_loads: int  # adapters copied into a slot since start
     slot_evictions: int  # slots taken from another adapter since start
+    slot_load_seconds: float = 0.0  # time spent filling slots since start
 
     @property
     def slots_used(self) -> int:
@@ -61,6 +62,7 @@ def _read(engine: LLMEngine) -> EngineSnapshot:
         loaded_adapter_ids=sorted(manager.list_ids()),
         slot_loads=manager.num_loads,
         slot_evictions=manager.num_evictions,
+        slot_load_seconds=manager.slot_load_seconds,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from loraplex.platform.engine_state import EngineSnapshot
@@ -61,6 +61,12 @@ class _EngineCollector(Collector):
         )  # fmt: skip
         for name, documentation, value in gauges:
             yield GaugeMetricFamily(name, documentation, value=value)
+        yield SummaryMetricFamily(
+            "loraplex_adapter_slot_load_seconds",
+            "Time to copy adapters from CPU memory into GPU LoRA slots",
+            count_value=snapshot.slot_loads,
+            sum_value=snapshot.slot_load_seconds,
+        )
         yield CounterMetricFamily(
             "loraplex_adapter_evictions",
             "LoRA slots taken from one adapter for another",

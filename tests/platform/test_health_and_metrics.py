@@ -100,6 +100,9 @@ def test_metrics_move_with_traffic(http, platform, tenant, peft_adapters):
     for tier in ("disk", "cpu", "gpu"):
         assert delta("loraplex_adapter_loads_total", tier=tier) >= 1, tier
     assert delta("loraplex_adapter_load_seconds_count", tier="disk") == 1
+    slot_loads = delta("loraplex_adapter_slot_load_seconds_count")
+    assert slot_loads == delta("loraplex_adapter_loads_total", tier="gpu") >= 1
+    assert delta("loraplex_adapter_slot_load_seconds_sum") > 0
     assert value(after, "loraplex_lora_slots_total") == 2
     assert 1 <= value(after, "loraplex_lora_slots_used") <= 2
     assert value(after, "loraplex_engine_healthy") == 1

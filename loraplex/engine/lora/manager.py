@@ -46,6 +46,7 @@ class LoRAManager:
         self.pinned: set[int] = set()
         self.num_loads = 0  # adapters copied into a slot
         self.num_evictions = 0  # slots taken from another adapter
+        self.slot_load_seconds = 0.0  # total time spent filling slots
 
     # ---- CPU tier -------------------------------------------------------------------------
 
@@ -167,7 +168,11 @@ class LoRAManager:
         return slot
 
     def _load(self, slot: int, adapter: LoRAAdapter) -> None:
+        started = time.perf_counter()
         self.write_slot(slot, adapter.weights)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the batch needs the slot next anyway
+        self.slot_load_seconds += time.perf_counter() - started
         self._slots[slot] = adapter
         self.num_loads += 1
 

@@ -4,9 +4,10 @@ also when a small KV cache forces preemption and chunked prefill."""
 import random
 
 import pytest
-import torch
 
 from loraplex import LLM, SamplingParams
+
+from .peft_adapters import peft_greedy
 
 ARCHS = ["llama", "mistral", "qwen2"]
 MAX_TOKENS = 32
@@ -26,24 +27,12 @@ def make_prompts(vocab_size: int, bos_id: int) -> list[list[int]]:
 @pytest.fixture(scope="module", params=ARCHS)
 def arch_case(request, tiny_model_dirs):
     """(model dir, prompts, transformers' greedy continuation of each prompt alone)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     model_dir = tiny_model_dirs[request.param]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    prompts = make_prompts(hf.config.vocab_size, tokenizer.bos_token_id)
-    expected = []
-    for prompt in prompts:
-        ids = torch.tensor([prompt])
-        out = hf.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=MAX_TOKENS,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        expected.append(out[0, len(prompt) :].tolist())
-    return model_dir, prompts, expected
+    prompts = make_prompts(AutoConfig.from_pretrained(model_dir).vocab_size, tokenizer.bos_token_id)
+    return model_dir, prompts, peft_greedy(model_dir, None, prompts, MAX_TOKENS)
 
 
 def greedy(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:
@@ -79,8 +68,6 @@ def test_linear_rope_scaling_and_sharded_checkpoint_match_transformers(
     """A variant of the tiny llama with `linear` rope scaling, saved in several shards."""
     import json
 
-    from transformers import AutoModelForCausalLM
-
     from loraplex.modelgen import make_model
 
     model_dir = make_model("tiny", tmp_path / "sharded", arch="llama", max_shard_bytes=1_500_000)
@@ -91,18 +78,7 @@ def test_linear_rope_scaling_and_sharded_checkpoint_match_transformers(
     config["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
     (model_dir / "config.json").write_text(json.dumps(config))
 
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    prompts = make_prompts(hf.config.vocab_size, 0)[::3]
-    expected = []
-    for prompt in prompts:
-        ids = torch.tensor([prompt])
-        out = hf.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=MAX_TOKENS,
-            pad_token_id=2,
-        )
-        expected.append(out[0, len(prompt) :].tolist())
+    prompts = make_prompts(config["vocab_size"], 0)[::3]
+    expected = peft_greedy(str(model_dir), None, prompts, MAX_TOKENS)
     llm = LLM(str(model_dir), dtype="float32", device=test_device, max_model_len=512)
     assert greedy(llm, prompts) == expected

@@ -14,6 +14,8 @@ import torch
 
 from loraplex import LLM, SamplingParams
 
+from .peft_adapters import peft_greedy
+
 MOE_ARCHS = ["mixtral", "qwen2_moe"]
 MAX_TOKENS = 24
 PROMPT_LENGTHS = [1, 2, 3, 5, 8, 13, 21, 34, 50, 64, 65, 90, 120, 150, 180, 200]
@@ -25,21 +27,7 @@ def make_prompts(lengths: list[int], vocab_size: int, seed: int = 1234) -> list[
 
 
 def transformers_greedy(model_dir: str | Path, prompts: list[list[int]]) -> list[list[int]]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    expected = []
-    for prompt in prompts:
-        ids = torch.tensor([prompt])
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=MAX_TOKENS,
-            pad_token_id=2,
-        )
-        expected.append(out[0, len(prompt) :].tolist())
-    return expected
+    return peft_greedy(str(model_dir), None, prompts, MAX_TOKENS)
 
 
 def greedy(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:

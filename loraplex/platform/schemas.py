@@ -71,16 +71,7 @@ class TenantOut(BaseModel):
 
     @classmethod
     def from_row(cls, tenant: Tenant) -> TenantOut:
-        return cls(
-            id=tenant.id,
-            name=tenant.name,
-            created_at=tenant.created_at,
-            disabled=tenant.disabled,
-            max_adapters=tenant.max_adapters,
-            requests_per_minute=tenant.requests_per_minute,
-            tokens_per_minute=tenant.tokens_per_minute,
-            max_upload_bytes=tenant.max_upload_bytes,
-        )
+        return cls.model_validate(tenant, from_attributes=True)
 
 
 # ---- API keys -----------------------------------------------------------------------------
@@ -105,16 +96,7 @@ class KeyOut(BaseModel):
 
     @classmethod
     def from_row(cls, key: ApiKey) -> KeyOut:
-        return cls(
-            id=key.id,
-            prefix=key.prefix,
-            name=key.name,
-            role=key.role,
-            tenant_id=key.tenant_id,
-            created_at=key.created_at,
-            last_used_at=key.last_used_at,
-            revoked_at=key.revoked_at,
-        )
+        return cls.model_validate(key, from_attributes=True)
 
 
 class NewKeyOut(KeyOut):

@@ -20,7 +20,18 @@ _EXPORTS = {
     "CompletionOutput": "loraplex.outputs",
 }
 
-__all__ = [*_EXPORTS, "random_uuid"]
+__all__ = [
+    "LLM",
+    "AsyncEngineArgs",
+    "AsyncLLMEngine",
+    "CompletionOutput",
+    "EngineArgs",
+    "LLMEngine",
+    "LoRARequest",
+    "RequestOutput",
+    "SamplingParams",
+    "random_uuid",
+]
 
 if TYPE_CHECKING:
     from loraplex.engine.args import EngineArgs

@@ -248,3 +248,40 @@ def align_by_expert_ref(
     block_experts = torch.searchsorted(padded_ends, block_starts, right=True, out_int32=True)
     block_experts = torch.where(block_experts < num_experts, block_experts, -1)
     return sorted_ids[:capacity], block_experts, padded_ends[-1:].to(torch.int32)
+
+
+def rms_norm_ref(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """transformers' RMSNorm (float32 statistics, cast back, times the weight); with
+    `residual`, of `x + residual` added in the activation dtype, returned with that sum."""
+    if residual is not None:
+        x = x + residual
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    out = weight * h.to(x.dtype)
+    return out if residual is None else (out, x)
+
+
+def rotary_embedding_ref(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' `x * cos + rotate_half(x) * sin` for q [T, Hq, D] and k [T, Hk, D]."""
+    c = cos[positions].to(q.dtype).unsqueeze(1)
+    s = sin[positions].to(q.dtype).unsqueeze(1)
+
+    def rotate_half(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    return q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
+
+
+def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of the fused gate_up output [T, 2 * I]."""
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from loraplex.kernels import reference
+
 
 def rope_parameters(hf_config: Any) -> dict[str, Any]:
     """rope_theta and scaling from a config of any transformers version (4.x or 5.x names)."""
@@ -64,12 +66,10 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, Hq, D], k: [T, Hkv, D] rotated for each token's position."""
-        cos = self.cos[positions].to(q.dtype).unsqueeze(1)
-        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        """q: [T, Hq, D], k: [T, Hkv, D] rotated for each token's position (in place on CUDA,
+        where they are views into the fused qkv output)."""
+        if q.device.type == "cuda":
+            from loraplex.kernels.rotary import rotary_embedding
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+            return rotary_embedding(positions, q, k, self.cos, self.sin)
+        return reference.rotary_embedding_ref(positions, q, k, self.cos, self.sin)

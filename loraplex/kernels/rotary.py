@@ -1,0 +1,117 @@
+"""Rotary position embedding applied in place to the query and key heads of a fused qkv
+output: one launch for both, instead of the ~20 elementwise kernels of the eager formula.
+
+Each token reads the cos / sin row of its position from the float32 cache [max_pos, D] (whose
+two halves are equal, as transformers builds it) and rotates (x1, x2) -> (x1 c - x2 s,
+x2 c + x1 s), rounding to the activation dtype where transformers' `q * cos + rotate_half(q) *
+sin` rounds (cos and sin cast first, then each product and the sum).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rotate(
+    ptr,
+    stride_tok,
+    stride_head,
+    tok,
+    cos,
+    sin,
+    offs_d,
+    NUM_HEADS: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    offs_h = tl.arange(0, BLOCK_H)
+    mask = (offs_h[:, None] < NUM_HEADS) & (offs_d[None, :] < HALF)
+    base = ptr + tok * stride_tok + offs_h[:, None] * stride_head + offs_d[None, :]
+    x1 = tl.load(base, mask=mask, other=0.0)
+    x2 = tl.load(base + HALF, mask=mask, other=0.0)
+    # In the activation dtype, each product and sum rounded on its own (no fused multiply-add:
+    # launched with enable_fp_fusion=False), as transformers' eager formula rounds.
+    first = x1 * cos - x2 * sin
+    second = x2 * cos + x1 * sin
+    tl.store(base, first, mask=mask)
+    tl.store(base + HALF, second, mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    q_ptr,
+    k_ptr,
+    positions_ptr,
+    cos_ptr,
+    sin_ptr,
+    stride_q_tok,
+    stride_q_head,
+    stride_k_tok,
+    stride_k_head,
+    stride_cos,
+    NUM_Q_HEADS: tl.constexpr,
+    NUM_K_HEADS: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr,
+    BLOCK_HK: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):
+    tok = tl.program_id(0).to(tl.int64)
+    position = tl.load(positions_ptr + tok)
+    offs_d = tl.arange(0, BLOCK_HALF)
+    dmask = offs_d < HALF
+    cos = tl.load(cos_ptr + position * stride_cos + offs_d, mask=dmask, other=0.0)
+    sin = tl.load(sin_ptr + position * stride_cos + offs_d, mask=dmask, other=0.0)
+    # Cast like transformers' cos.to(q.dtype) before multiplying.
+    cos = cos.to(q_ptr.dtype.element_ty)[None, :]
+    sin = sin.to(q_ptr.dtype.element_ty)[None, :]
+    _rotate(q_ptr, stride_q_tok, stride_q_head, tok, cos, sin, offs_d, NUM_Q_HEADS, HALF, BLOCK_HQ)
+    _rotate(k_ptr, stride_k_tok, stride_k_head, tok, cos, sin, offs_d, NUM_K_HEADS, HALF, BLOCK_HK)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate `q [T, Hq, D]` and `k [T, Hk, D]` in place by `positions [T]`; returns them.
+
+    `cos`, `sin`: [max_positions, D] float32 caches. q and k may be views into one qkv tensor
+    (any token and head strides, unit stride along D)."""
+    num_tokens, num_q_heads, head_dim = q.shape
+    if k.shape[0] != num_tokens or k.shape[2] != head_dim or head_dim % 2:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} do not match")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or cos.stride(-1) != 1:
+        raise ValueError("q, k and the cos cache need unit stride along the head dimension")
+    if cos.shape[-1] != head_dim or cos.shape != sin.shape:
+        raise ValueError(f"cos/sin caches {tuple(cos.shape)} do not fit head_dim {head_dim}")
+    if positions.shape != (num_tokens,):
+        raise ValueError(f"positions has shape {tuple(positions.shape)}, expected ({num_tokens},)")
+    if num_tokens:
+        half = head_dim // 2
+        _rotary_kernel[(num_tokens,)](
+            q,
+            k,
+            positions,
+            cos,
+            sin,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            cos.stride(0),
+            NUM_Q_HEADS=num_q_heads,
+            NUM_K_HEADS=k.shape[1],
+            HALF=half,
+            BLOCK_HQ=triton.next_power_of_2(num_q_heads),
+            BLOCK_HK=triton.next_power_of_2(k.shape[1]),
+            BLOCK_HALF=triton.next_power_of_2(half),
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
+    return q, k

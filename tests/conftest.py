@@ -31,3 +31,15 @@ def tiny_model_dirs():
     from loraplex.modelgen import cached_model
 
     return {arch: str(cached_model("tiny", arch)) for arch in ("llama", "mistral", "qwen2")}
+
+
+@pytest.fixture(autouse=True)
+def _release_gpu_memory():
+    """Each engine sizes its KV cache from the GPU memory left free, so one test's engines
+    (often in reference cycles) must be gone before the next test builds its own."""
+    yield
+    if torch.cuda.is_available():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()

@@ -6,10 +6,12 @@ the KV cache; the driver's (rank 0) prepares each step's input and receives the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from loraplex.config import EngineConfig
@@ -25,6 +27,9 @@ from loraplex.kernels.lora_meta import LoRAKernelMeta
 from loraplex.kernels.reference import FP8_DTYPE
 
 logger = logging.getLogger(__name__)
+
+# Left free beside the KV cache for allocations outside PyTorch's allocator (cuBLAS, NCCL).
+FREE_MEMORY_MARGIN = 512 << 20
 
 
 @contextmanager
@@ -55,6 +60,10 @@ class ModelRunner:
         self.device = rank_device(model_cfg.device, rank, self.tp_size)
         self.dtype = model_cfg.dtype
         self.block_size = config.cache.block_size
+        # Memory this process held before this runner (another engine, say): not ours to size.
+        self._memory_before = (
+            torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+        )
         torch.manual_seed(model_cfg.seed)
         model_class = resolve_model_class(model_cfg.hf_config)
         fp8_checkpoint = is_fp8_checkpoint(model_cfg.hf_config)
@@ -114,22 +123,28 @@ class ModelRunner:
         return num_blocks
 
     def _profile_num_blocks(self) -> int:
-        """Blocks that fit in the memory left after weights and a worst-case forward pass."""
+        """Blocks that fit in this engine's share of the GPU (`gpu_memory_utilization` of the
+        total, as in vLLM: this engine's weights and worst-case forward pass included, memory
+        of other engines and processes not) and in the memory actually free."""
         sched = self.config.scheduler
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(self.device)
         tokens = min(sched.max_num_batched_tokens, sched.max_model_len)
         probe_blocks = -(-tokens // self.block_size)
         self.num_blocks = probe_blocks
         self._allocate_kv_cache()
         self._run_probe(tokens)
-        peak = torch.cuda.max_memory_allocated() - probe_blocks * self.bytes_per_block
+        probe_bytes = probe_blocks * self.bytes_per_block
+        peak = torch.cuda.max_memory_allocated(self.device) - self._memory_before - probe_bytes
         for layer in self.attention_layers:
             layer.k_cache = layer.v_cache = torch.empty(0)
         torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info()
-        used_by_others = total - free - torch.cuda.memory_allocated()
-        budget = total * self.config.cache.gpu_memory_utilization - used_by_others - peak
+        free, total = torch.cuda.mem_get_info(self.device)
+        activations = peak - (torch.cuda.memory_allocated(self.device) - self._memory_before)
+        budget = min(
+            total * self.config.cache.gpu_memory_utilization - peak,
+            free - activations - FREE_MEMORY_MARGIN,
+        )
         return max(int(budget // self.bytes_per_block), 0)
 
     def _run_probe(self, num_tokens: int) -> None:
@@ -169,55 +184,73 @@ class ModelRunner:
     # ---- forward --------------------------------------------------------------------------
 
     def prepare(self, batch: ScheduledBatch, lora_slots: dict | None = None) -> ModelInput:
-        """Tensors of one step; `lora_slots` maps each adapter in the batch to its GPU slot."""
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        cu_seqlens = [0]
-        context_lens: list[int] = []
-        logits_indices: list[int] = []
-        token_lora: list[int] = []
+        """Tensors of one step; `lora_slots` maps each adapter in the batch to its GPU slot.
+
+        Built with numpy and sent in two host-to-device copies (one int64, one int32 buffer)
+        whatever the batch size: at small batches each extra tensor costs as much host time
+        as a layer of the model."""
+        seqs, counts = batch.seqs, batch.num_new_tokens
+        num_seqs = len(seqs)
+        starts = np.fromiter((seq.num_computed_tokens for seq in seqs), np.int64, num_seqs)
+        new = np.asarray(counts, dtype=np.int64)
+        ends = starts + new
+        cu_seqlens = np.zeros(num_seqs + 1, dtype=np.int64)
+        np.cumsum(new, out=cu_seqlens[1:])
+        num_tokens = int(cu_seqlens[-1])
+        seq_of_token = np.repeat(np.arange(num_seqs), new)
+        positions = np.arange(num_tokens, dtype=np.int64) + np.repeat(starts - cu_seqlens[:-1], new)
+        if int(new.max()) == 1:  # decode: one token per sequence, the last one
+            input_ids = np.fromiter((seq.token_ids[-1] for seq in seqs), np.int64, num_seqs)
+        else:
+            input_ids = np.fromiter(
+                itertools.chain.from_iterable(
+                    seq.token_ids[s:e] for seq, s, e in zip(seqs, starts, ends, strict=True)
+                ),
+                np.int64,
+                num_tokens,
+            )
+        width = max(len(seq.block_table) for seq in seqs)
+        tables = np.zeros((num_seqs, width), dtype=np.int32)
+        for row, seq in enumerate(seqs):
+            tables[row, : len(seq.block_table)] = seq.block_table
         bs = self.block_size
-        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            cu_seqlens.append(cu_seqlens[-1] + num_new)
-            context_lens.append(end)
-            if lora_slots:
-                token_lora.extend([lora_slots.get(seq.request.lora_adapter, -1)] * num_new)
-            if end == seq.num_tokens:
-                logits_indices.append(cu_seqlens[-1] - 1)
-        width = max(len(seq.block_table) for seq in batch.seqs)
-        tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq in batch.seqs]
-        to = self._to_device
+        slots = tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+        total = np.fromiter((seq.num_tokens for seq in seqs), np.int64, num_seqs)
+        logits_indices = (cu_seqlens[1:] - 1)[ends == total]
+        int32_parts = [tables.reshape(-1), ends, cu_seqlens]
+        if lora_slots:
+            seq_lora = np.fromiter(
+                (lora_slots.get(seq.request.lora_adapter, -1) for seq in seqs), np.int64, num_seqs
+            )
+            int32_parts.append(np.repeat(seq_lora, new))
+        wide = self._to_device(np.concatenate([input_ids, positions, slots, logits_indices]))
+        narrow = self._to_device(np.concatenate(int32_parts).astype(np.int32))
+        wide_parts = _split(wide, [num_tokens, num_tokens, num_tokens, len(logits_indices)])
+        narrow_parts = _split(narrow, [p.size for p in int32_parts])
         ctx = ForwardContext(
-            slot_mapping=to(slots, torch.int64),
-            block_tables=to(tables, torch.int32),
-            context_lens=to(context_lens, torch.int32),
-            cu_seqlens_q=to(cu_seqlens, torch.int32),
-            max_query_len=max(batch.num_new_tokens),
-            max_context_len=max(context_lens),
+            slot_mapping=wide_parts[2],
+            block_tables=narrow_parts[0].view(num_seqs, width),
+            context_lens=narrow_parts[1],
+            cu_seqlens_q=narrow_parts[2],
+            max_query_len=int(new.max()),
+            max_context_len=int(ends.max()),
         )
         if lora_slots:
             ctx.lora = LoRAKernelMeta.build(
-                to(token_lora, torch.int32),
-                self.config.lora.max_loras,
-                prefill=ctx.max_query_len > 1,
+                narrow_parts[3], self.config.lora.max_loras, prefill=ctx.max_query_len > 1
             )
         return ModelInput(
-            input_ids=to(input_ids, torch.int64),
-            positions=to(positions, torch.int64),
+            input_ids=wide_parts[0],
+            positions=wide_parts[1],
             context=ctx,
-            logits_indices=to(logits_indices, torch.int64),
+            logits_indices=wide_parts[3],
         )
 
-    def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
-        pin = self.device.type == "cuda"
-        tensor = torch.tensor(values, dtype=dtype, pin_memory=pin)
-        return tensor.to(self.device, non_blocking=True)
+    def _to_device(self, values: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(values)
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, lora_slots: dict | None = None) -> torch.Tensor:
@@ -236,6 +269,11 @@ class ModelRunner:
         with forward_context(ctx):
             hidden = self.model(model_input.input_ids, model_input.positions)
             return self.model.compute_logits(hidden[model_input.logits_indices])
+
+
+def _split(flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Consecutive views of `flat` with the given lengths."""
+    return list(flat.split(sizes))
 
 
 def _is_attention(module: torch.nn.Module) -> bool:

@@ -169,27 +169,29 @@ class Sampler:
         # logit - logsumexp is log_softmax for the one token needed, without a [B, V] result.
         log_normalizer = torch.logsumexp(raw, dim=-1)
         chosen = raw.gather(1, token_ids[:, None]).squeeze(1) - log_normalizer
-        token_list = token_ids.tolist()
-        logprob_list = chosen.tolist()
+        columns = [token_ids.double(), chosen.double()]
+        if max_logprobs > 0:
+            values, indices = raw.topk(min(max_logprobs, raw.shape[-1]), dim=-1)
+            columns += [*(values - log_normalizer[:, None]).double().T, *indices.double().T]
+        # One device-to-host transfer (one sync) for everything the host needs; float64 holds
+        # every token id exactly.
+        host = torch.stack(columns, dim=1).cpu().tolist() if len(params) else []
+        token_list = [int(row[0]) for row in host]
+        logprob_list = [row[1] for row in host]
         top_logprobs: list[dict[int, float] | None] = [None] * len(params)
         if max_logprobs < 0:
             return SamplerOutput(token_list, logprob_list, top_logprobs)
 
-        top_ids: list[list[int]] = [[] for _ in params]
-        top_values: list[list[float]] = [[] for _ in params]
-        if max_logprobs > 0:
-            values, indices = raw.topk(min(max_logprobs, raw.shape[-1]), dim=-1)
-            top_values = (values - log_normalizer[:, None]).tolist()
-            top_ids = indices.tolist()
+        width = min(max_logprobs, raw.shape[-1]) if max_logprobs > 0 else 0
         for row, row_params in enumerate(params):
             if row_params.logprobs is None:
                 continue
             entry = {token_list[row]: logprob_list[row]}
+            top_values = host[row][2 : 2 + width]
+            top_ids = host[row][2 + width : 2 + 2 * width]
             for token, value in zip(
-                top_ids[row][: row_params.logprobs],
-                top_values[row][: row_params.logprobs],
-                strict=True,
+                top_ids[: row_params.logprobs], top_values[: row_params.logprobs], strict=True
             ):
-                entry.setdefault(token, value)
+                entry.setdefault(int(token), value)
             top_logprobs[row] = entry
         return SamplerOutput(token_list, logprob_list, top_logprobs)

@@ -80,6 +80,8 @@ class Sequence:
         self.index = index  # position among the request's n samples
         self.params = params  # this sample's own parameters (its seed differs when n > 1)
         self.token_ids: list[int] = list(request.prompt_token_ids)
+        # Kept beside token_ids so reading them each step costs no copy of the whole sequence.
+        self.output_token_ids: list[int] = []
         self.num_prompt_tokens = len(request.prompt_token_ids)
         # Tokens whose K/V are in the cache; reset to 0 when preempted (recomputed later).
         self.num_computed_tokens = 0
@@ -100,10 +102,6 @@ class Sequence:
         return len(self.token_ids)
 
     @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
-
-    @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 
@@ -115,6 +113,7 @@ class Sequence:
         self, token_id: int, logprob: float, top_logprobs: dict[int, float] | None
     ) -> None:
         self.token_ids.append(token_id)
+        self.output_token_ids.append(token_id)
         self.cumulative_logprob += logprob
         if self.logprobs is not None:
             self.logprobs.append(top_logprobs or {token_id: logprob})

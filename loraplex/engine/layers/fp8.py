@@ -2,8 +2,10 @@
 
 Weights are quantized once (at load, or read as such from an FP8 checkpoint); activations are
 quantized per token on the fly, so no calibration is needed. On Hopper (and Ada) GPUs the
-product runs in `torch._scaled_mm` with row-wise scales; elsewhere the same quantized values
-are dequantized and multiplied in float32, so CPU tests check the numbers the GPU computes.
+product runs in `torch._scaled_mm` with row-wise scales, or for decode-sized batches in a
+Triton kernel that quantizes and multiplies in one launch (`kernels.fp8_linear`); elsewhere
+the same quantized values are dequantized and multiplied in float32, so CPU tests check the
+numbers the GPU computes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ MIN_SCALE = 1e-12
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x / scale as fp8, scale [..., 1] float32) with one scale per row: max |row| / 448."""
-    scale = (x.abs().amax(dim=-1, keepdim=True).float() / FP8_MAX).clamp(min=MIN_SCALE)
+    amax = x.abs().amax(dim=-1, keepdim=True).float()
+    # Divided by a device tensor: CUDA turns division by a host scalar into multiplication by
+    # its reciprocal, one ulp off the IEEE quotient the CPU and the Triton kernels compute.
+    scale = (amax / amax.new_full((), FP8_MAX)).clamp(min=MIN_SCALE)
     q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, scale
 
@@ -38,8 +43,18 @@ def fp8_linear(
 ) -> torch.Tensor:
     """x [..., K] in the model dtype; weight [N, K] fp8; weight_scale [N] float32 -> [..., N]."""
     shape = x.shape
-    q, scale = quantize_rows(x.reshape(-1, shape[-1]))
+    rows = x.reshape(-1, shape[-1])
     if _scaled_mm_supported(x.device):
+        from loraplex.kernels.fp8_linear import (
+            fp8_gemv,
+            quantize_per_token,
+            small_m_limit,
+        )
+
+        if rows.shape[0] <= small_m_limit(x.device):  # decode-sized: one fused launch
+            out = fp8_gemv(rows, weight, weight_scale, bias)
+            return out.reshape(*shape[:-1], weight.shape[0])
+        q, scale = quantize_per_token(rows.contiguous())
         out = torch._scaled_mm(
             q,
             weight.t(),
@@ -49,6 +64,7 @@ def fp8_linear(
             out_dtype=x.dtype,
         )
     else:
+        q, scale = quantize_rows(rows)
         w = weight.float() * weight_scale.view(-1, 1)
         out = (q.float() * scale) @ w.t()
         if bias is not None:

@@ -115,8 +115,9 @@ def loraplex_throughput(model_dir: str, requests: list, args) -> dict[int, float
     results = {}
     for k in args.adapters:
         loras = [requests[i % k] if k else None for i in range(args.batch)]
-        warm = max(k, 2)  # loads every adapter into its slot before the timed run
-        llm.generate(prompts[:warm], SamplingParams(max_tokens=2), loras[:warm])
+        # The whole batch, briefly: loads every adapter into its slot and compiles the
+        # kernels for these shapes before the timed run.
+        llm.generate(prompts, SamplingParams(max_tokens=2, ignore_eos=True), loras)
         seconds = timed(lambda loras=loras: llm.generate(prompts, params, loras))
         results[k] = args.batch * args.output_len / seconds
         print(f"loraplex {k} adapters: {results[k]:.1f} tok/s", flush=True)

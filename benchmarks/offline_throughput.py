@@ -66,6 +66,8 @@ def loraplex_throughput(model_dir: str, tp: int, batches: list[int], in_len: int
     results = {}
     for batch in batches:
         prompts = random_prompts(batch, in_len, vocab)
+        # The whole batch, briefly: compiles the kernels for its shapes before the timed run.
+        llm.generate(prompts, SamplingParams(max_tokens=2, ignore_eos=True))
         seconds = timed(lambda prompts=prompts: llm.generate(prompts, params))
         results[batch] = batch * out_len / seconds
         print(f"loraplex tp={tp} batch {batch}: {results[batch]:.1f} tok/s", flush=True)

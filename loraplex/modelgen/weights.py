@@ -70,7 +70,11 @@ def tensor_specs(spec: ModelSpec) -> list[TensorSpec]:
     # residual updates matters; tied embeddings are sized by the logit target instead.
     tied = spec.tie_word_embeddings
     embed_std = TARGET_LOGIT_STD / math.sqrt(hidden) if tied else 1.0
-    residual_gain = TIED_RESIDUAL_GAIN if tied else 1.0
+    # Each residual branch scaled down with depth (GPT-2's 1/sqrt(2L)), so the residual stream
+    # keeps the same size however deep the model is and a perturbation (rounding, quantization)
+    # is not amplified layer after layer as in a chaotic random network.
+    depth_scale = 1.0 / math.sqrt(2 * p.num_hidden_layers)
+    residual_gain = (TIED_RESIDUAL_GAIN if tied else 1.0) * depth_scale
     normal = lambda name, shape, gain=1.0: TensorSpec(name, shape, 0.0, gain / math.sqrt(shape[1]))
     norm = lambda name: TensorSpec(name, (hidden,), 1.0, NORM_WEIGHT_NOISE)
 

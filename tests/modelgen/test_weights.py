@@ -17,6 +17,9 @@ from loraplex.modelgen.presets import resolve_spec
 from loraplex.modelgen.weights import tensor_specs
 from loraplex.modelgen.writer import DEFAULT_MAX_SHARD_BYTES, plan_shards
 
+# GPT-2's 1/sqrt(2 * layers) on the residual branches (o_proj, down_proj) of the 2-layer preset.
+DEPTH_SCALE_TINY = (2 * PRESETS["tiny"].num_hidden_layers) ** -0.5
+
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     tensors = {}
@@ -73,9 +76,12 @@ def test_moe_experts_and_routers_scale_with_fan_in(tiny_models):
     assert weights[f"{layer}.gate.weight"].std() == pytest.approx(128**-0.5, rel=0.1)
     down = weights[f"{layer}.experts.7.down_proj.weight"]
     assert down.shape == (128, moe.expert_intermediate_size)
-    assert down.std() == pytest.approx(moe.expert_intermediate_size**-0.5, rel=0.1)
+    depth = DEPTH_SCALE_TINY  # residual-branch outputs shrink with depth
+    assert down.std() == pytest.approx(moe.expert_intermediate_size**-0.5 * depth, rel=0.1)
     shared = weights[f"{layer}.shared_expert.down_proj.weight"]
-    assert shared.std() == pytest.approx(moe.shared_expert_intermediate_size**-0.5, rel=0.1)
+    assert shared.std() == pytest.approx(
+        moe.shared_expert_intermediate_size**-0.5 * depth, rel=0.1
+    )
     # Every expert is drawn from its own generator.
     assert not torch.equal(
         weights[f"{layer}.experts.0.up_proj.weight"], weights[f"{layer}.experts.1.up_proj.weight"]
@@ -150,7 +156,9 @@ def test_norm_weights_are_near_one_and_projections_scale_with_fan_in(tiny_models
     norm = weights["model.layers.0.input_layernorm.weight"]
     assert 0.9 < norm.mean() < 1.1 and 0.05 < norm.std() < 0.2
     down = weights["model.layers.0.mlp.down_proj.weight"]
-    assert down.std() == pytest.approx(256**-0.5, rel=0.05)
+    assert down.std() == pytest.approx(256**-0.5 * DEPTH_SCALE_TINY, rel=0.05)
+    up = weights["model.layers.0.mlp.up_proj.weight"]
+    assert up.std() == pytest.approx(128**-0.5, rel=0.05)
     assert weights["model.embed_tokens.weight"].std() == pytest.approx(1.0, rel=0.05)
 
 

@@ -74,7 +74,7 @@ class ModelRunner:
             fp8_checkpoint_weights(fp8_checkpoint),
         ):
             self.model = model_class(model_cfg.hf_config)
-        load_weights(self.model, model_cfg.model)
+        self.checkpoint_kv_scales = load_weights(self.model, model_cfg.model)
         if model_cfg.quantization == "fp8" and not fp8_checkpoint:
             for module in self.model.modules():
                 if hasattr(module, "quantize_fp8_"):  # linear layers and stacked experts
@@ -167,13 +167,22 @@ class ModelRunner:
         torch.cuda.synchronize()
 
     def _allocate_kv_cache(self) -> None:
-        for layer in self.attention_layers:
+        for index, layer in enumerate(self.attention_layers):
             shape = (self.num_blocks, self.block_size, layer.num_kv_heads, layer.head_dim)
             layer.k_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
             layer.v_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
             if self.kv_dtype == FP8_DTYPE:
-                layer.k_scale = torch.ones((), dtype=torch.float32, device=self.device)
-                layer.v_scale = torch.ones((), dtype=torch.float32, device=self.device)
+                scales = self.checkpoint_kv_scales.get(index, {})
+                for kind in ("k", "v"):
+                    value = torch.tensor(scales.get(kind, 1.0), dtype=torch.float32)
+                    setattr(layer, f"{kind}_scale", value.to(self.device))
+        if self.kv_dtype == FP8_DTYPE:
+            logger.info(
+                "FP8 KV cache scales: %s",
+                "from the checkpoint (1.0 where it has none)"
+                if self.checkpoint_kv_scales
+                else "1.0 (the checkpoint has none)",
+            )
         logger.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB)",
             self.num_blocks,

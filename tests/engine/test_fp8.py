@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +141,56 @@ def test_fp8_checkpoint_loads_directly_and_equals_load_time_quantization(
     per_tensor = LLM(str(tensor), dtype="float32", device=test_device, max_model_len=512)
     top1, kl = agreement_and_kl(ref, prompt_logits(per_tensor.llm_engine, ids))
     assert top1 > QUALITY_TOP1 and kl < QUALITY_KL, (top1, kl)
+
+
+def write_kv_scales(src, dst, scales: dict[str, torch.Tensor]):
+    """The tiny model plus a safetensors file of KV-cache scales, as FP8 quantizers add them."""
+    shutil.copytree(src, dst)
+    save_file(scales, str(dst / "kv_scales.safetensors"))
+    return dst
+
+
+def test_fp8_kv_cache_scales_come_from_the_checkpoint(model_dir, reference, tmp_path, test_device):
+    ids, ref = reference
+    layers = json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"]
+    scales = {}
+    for i in range(layers):  # the names of two common quantizer formats, mixed
+        if i % 2:
+            scales[f"model.layers.{i}.self_attn.k_scale"] = torch.tensor(0.25 + i)
+            scales[f"model.layers.{i}.self_attn.v_scale"] = torch.tensor([0.5])
+        else:
+            scales[f"model.layers.{i}.self_attn.k_proj.output_scale"] = torch.tensor(0.125)
+    folder = write_kv_scales(model_dir, tmp_path / "scaled", scales)
+    llm = LLM(
+        str(folder), dtype="float32", device=test_device, max_model_len=512, kv_cache_dtype="fp8"
+    )
+    attention = llm.llm_engine.model_runner.attention_layers
+    for i, layer in enumerate(attention):
+        want_k, want_v = (0.25 + i, 0.5) if i % 2 else (0.125, 1.0)  # missing v: 1.0
+        assert layer.k_scale.item() == want_k and layer.v_scale.item() == want_v
+    top1, kl = agreement_and_kl(ref, prompt_logits(llm.llm_engine, ids))
+    assert top1 > QUALITY_TOP1 and kl < QUALITY_KL, (top1, kl)
+
+
+def test_kv_scales_are_ignored_without_an_fp8_cache(model_dir, reference, tmp_path, test_device):
+    ids, ref = reference
+    folder = write_kv_scales(
+        model_dir, tmp_path / "scaled", {"model.layers.0.self_attn.kv_scale": torch.tensor(3.0)}
+    )
+    llm = LLM(str(folder), dtype="float32", device=test_device, max_model_len=512)
+    assert torch.allclose(prompt_logits(llm.llm_engine, ids), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("model.layers.0.self_attn.k_scale", torch.tensor(-1.0), "must be > 0"),
+        ("model.layers.0.self_attn.v_scale", torch.tensor(float("nan")), "must be > 0"),
+        ("model.layers.0.self_attn.k_scale", torch.ones(4), "per-head scales"),
+        ("model.self_attn.k_scale", torch.tensor(1.0), "outside any layer"),
+    ],
+)
+def test_bad_kv_scales_are_refused(model_dir, tmp_path, test_device, name, value, message):
+    folder = write_kv_scales(model_dir, tmp_path / "bad", {name: value})
+    with pytest.raises(ValueError, match=message):
+        LLM(str(folder), dtype="float32", device=test_device, kv_cache_dtype="fp8")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from loraplex.engine.distributed import tensor_parallel
 from loraplex.engine.models.moe import (
+    STACKED,
     MoEExperts,
     per_expert_checkpoint_entries,
     select_experts,
@@ -139,6 +140,37 @@ def test_expert_tensors_of_the_wrong_shape_are_refused():
     weight = experts.gate_up_proj.weight
     with pytest.raises(ValueError, match=r"expert tensor of shape \(25, 32\) does not fit"):
         weight.weight_loader(weight, torch.zeros(INTER + 1, HIDDEN), (0, 0))
+
+
+def test_stacked_expert_tensors_of_the_wrong_shape_are_refused():
+    experts = MoEExperts(NUM_EXPERTS, HIDDEN, INTER)
+    weight = experts.down_proj.weight
+    with pytest.raises(ValueError, match=r"stacked expert tensor \(6, 32, 25\) does not fit"):
+        weight.weight_loader(weight, torch.zeros(NUM_EXPERTS, HIDDEN, INTER + 1), STACKED)
+
+
+def test_stacked_layout_loads_like_per_expert_tensors():
+    """gate rows then up rows per expert, split per slice under tensor parallelism."""
+    generator = torch.Generator().manual_seed(3)
+    gate_up = torch.randn(NUM_EXPERTS, 2 * INTER, HIDDEN, generator=generator)
+    down = torch.randn(NUM_EXPERTS, HIDDEN, INTER, generator=generator)
+    for rank in range(2):
+        with tensor_parallel(rank, 2):
+            stacked, per_expert = (
+                MoEExperts(NUM_EXPERTS, HIDDEN, INTER),
+                MoEExperts(NUM_EXPERTS, HIDDEN, INTER),
+            )
+        for module, name, full in (("gate_up_proj", 0, gate_up), ("down_proj", 0, down)):
+            weight = getattr(stacked, module).weight
+            weight.weight_loader(weight, full, STACKED)
+            other = getattr(per_expert, module).weight
+            for expert in range(NUM_EXPERTS):
+                if module == "gate_up_proj":
+                    other.weight_loader(other, full[expert, :INTER], (expert, 0))
+                    other.weight_loader(other, full[expert, INTER:], (expert, 1))
+                else:
+                    other.weight_loader(other, full[expert], (expert, name))
+            assert torch.equal(weight, other)
 
 
 def test_an_intermediate_size_that_does_not_split_is_refused():

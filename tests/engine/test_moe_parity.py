@@ -143,3 +143,36 @@ def test_checkpoint_written_by_transformers_with_a_dense_layer(tmp_path, test_de
     assert greedy(llm, prompts) == expected
     layers = llm.llm_engine.model_runner.model.model.layers
     assert hasattr(layers[0].mlp, "gate_up_proj") and hasattr(layers[1].mlp, "experts")
+
+
+@pytest.mark.parametrize("tensor_parallel_size", [1, 2])
+def test_checkpoint_in_the_stacked_expert_layout(
+    moe_case, tmp_path, test_device, tensor_parallel_size
+):
+    """transformers 5 can write experts stacked (`experts.gate_up_proj` [E, 2I, H],
+    `experts.down_proj` [E, H, I]); that layout loads too, also split over two ranks."""
+    if test_device.startswith("cuda") and torch.cuda.device_count() < tensor_parallel_size:
+        pytest.skip(f"tensor_parallel_size={tensor_parallel_size} on CUDA needs that many GPUs")
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir, prompts, expected = moe_case
+    folder = tmp_path / "stacked"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.save_pretrained(folder, save_original_format=False)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    with safe_open(folder / "model.safetensors", framework="pt") as weights:
+        names = set(weights.keys())
+    assert "model.layers.0.mlp.experts.gate_up_proj" in names
+    assert not any(".experts.0." in name for name in names)
+    llm = LLM(
+        str(folder),
+        dtype="float32",
+        device=test_device,
+        max_model_len=512,
+        tensor_parallel_size=tensor_parallel_size,
+    )
+    try:
+        assert greedy(llm, prompts) == expected
+    finally:
+        llm.llm_engine.shutdown()

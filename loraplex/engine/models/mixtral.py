@@ -3,7 +3,9 @@
 The router's softmax is taken over all experts in float32; each token keeps its top-k experts
 and their probabilities renormalised to sum to one (as transformers' MixtralTopKRouter).
 Checkpoints hold the experts one by one (`block_sparse_moe.experts.{e}.w1/w2/w3`: w1 gate,
-w3 up, w2 down); they load into stacked weights under `mlp.experts`.
+w3 up, w2 down), or already stacked (`mlp.experts.gate_up_proj` / `down_proj`, the layout
+transformers 5 writes with `save_original_format=False`); both load into stacked weights under
+`mlp.experts`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from loraplex.engine.models.moe import (
     RouterLinear,
     per_expert_checkpoint_entries,
     select_experts,
+    stacked_checkpoint_entries,
 )
 
 MIXTRAL_EXPERT_NAMES = ("w1", "w3", "w2")  # (gate, up, down)
@@ -42,6 +45,7 @@ class MixtralForCausalLM(LlamaForCausalLM):
         super().__init__(cfg)
         # Expert entries first: the loader takes the first entry found in a tensor's name.
         self.packed_modules_mapping = {
+            **stacked_checkpoint_entries("mlp.experts"),
             **per_expert_checkpoint_entries(
                 "block_sparse_moe.experts",
                 "mlp.experts",

@@ -23,6 +23,8 @@ from loraplex.engine.distributed import all_reduce, tp_rank, tp_size
 from loraplex.engine.layers.fp8 import FP8_DTYPE, building_fp8_checkpoint, quantize_rows
 from loraplex.kernels.reference import fused_moe_ref
 
+# Shard id of a checkpoint tensor that holds every expert of a projection, stacked.
+STACKED = "stacked"
 
 def select_experts(
     router_logits: torch.Tensor, top_k: int, *, renormalize: bool
@@ -90,10 +92,14 @@ class StackedExpertWeight(nn.Module):
             self.weight_scale.weight_loader = self.scale_loader
 
     def weight_loader(
-        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, int]
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, int] | str
     ) -> None:
         """Copy slice `shard_id = (expert, slice)` of one expert from its full-size checkpoint
-        tensor, keeping this rank's part."""
+        tensor, keeping this rank's part; with `shard_id == STACKED`, every expert at once from
+        a stacked [E, out, in] tensor (the fused layout transformers can write)."""
+        if shard_id == STACKED:
+            self._load_stacked(param, loaded)
+            return
         expert, slice_index = shard_id
         rows = param.shape[1] // self.num_slices
         local = [rows, param.shape[2]]
@@ -104,6 +110,19 @@ class StackedExpertWeight(nn.Module):
         size = local[self.split_dim]
         part = loaded.narrow(self.split_dim, self.tp_rank * size, size)
         param.data[expert].narrow(0, slice_index * rows, rows).copy_(part)
+
+    def _load_stacked(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        full = list(param.shape)
+        full[1 + self.split_dim] *= self.tp_size
+        if list(loaded.shape) != full:
+            raise ValueError(f"stacked expert tensor {tuple(loaded.shape)} does not fit {full}")
+        rows = param.shape[1] // self.num_slices
+        for slice_index in range(self.num_slices):
+            for expert in range(param.shape[0]):
+                one = loaded[expert]
+                if self.split_dim == 0:
+                    one = one.narrow(0, slice_index * rows * self.tp_size, rows * self.tp_size)
+                self.weight_loader(param, one, (expert, slice_index))
 
     def scale_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, int]
@@ -174,6 +193,14 @@ class MoEExperts(nn.Module):
 
 # Loader entries: checkpoint module -> (engine module, shard id), as in packed_modules_mapping.
 CheckpointEntries = dict[str, tuple[str, object]]
+def stacked_checkpoint_entries(prefix: str) -> CheckpointEntries:
+    """The fused layout (`save_original_format=False` in transformers 5): `{prefix}.gate_up_proj`
+    [E, 2 * I, H] (gate rows, then up rows) and `{prefix}.down_proj` [E, H, I], with no
+    `.weight` suffix, into the stacked weights of the `MoEExperts` at `prefix`."""
+    return {
+        f"{prefix}.gate_up_proj": (f"{prefix}.gate_up_proj.weight", STACKED),
+        f"{prefix}.down_proj": (f"{prefix}.down_proj.weight", STACKED),
+    }
 
 
 def per_expert_checkpoint_entries(

@@ -4,8 +4,9 @@ experts beside one shared expert that every token uses, scaled by its own sigmoi
 Routing as transformers' Qwen2MoeTopKRouter: softmax over all experts in float32, top-k, the
 chosen probabilities renormalised only when `norm_topk_prob` is set, then rounded to the model
 dtype. Layers listed in `mlp_only_layers`, or off the `decoder_sparse_step` grid, keep a dense
-MLP. Checkpoints hold the experts one by one (`mlp.experts.{e}.gate_proj/up_proj/down_proj`);
-they load into stacked weights under `mlp.experts`.
+MLP. Checkpoints hold the experts one by one (`mlp.experts.{e}.gate_proj/up_proj/down_proj`)
+or stacked (`mlp.experts.gate_up_proj` / `down_proj`); both load into stacked weights under
+`mlp.experts`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from loraplex.engine.models.moe import (
     RouterLinear,
     per_expert_checkpoint_entries,
     select_experts,
+    stacked_checkpoint_entries,
 )
 
 QWEN2_MOE_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
@@ -61,6 +63,7 @@ class Qwen2MoeForCausalLM(LlamaForCausalLM):
         # Expert entries first: the loader takes the first entry found in a tensor's name, and
         # the shared expert's gate_proj must reach the dense entry, not an expert's.
         self.packed_modules_mapping = {
+            **stacked_checkpoint_entries("mlp.experts"),
             **per_expert_checkpoint_entries(
                 "mlp.experts", "mlp.experts", cfg.num_experts, QWEN2_MOE_EXPERT_NAMES
             ),

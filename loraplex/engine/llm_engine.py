@@ -252,7 +252,7 @@ class LLMEngine:
         if sampling:
             sampler_batch = SamplingBatch(
                 params=[seq.params for seq in sampling],
-                prompt_token_ids=[seq.request.prompt_token_ids for seq in sampling],
+                prompt_token_ids=[seq.request.prompt_array for seq in sampling],
                 output_token_ids=[seq.output_token_ids for seq in sampling],
                 generators=[seq.generator for seq in sampling],
             )

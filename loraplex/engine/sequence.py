@@ -11,6 +11,8 @@ import enum
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     import torch
 
@@ -57,6 +59,15 @@ class Request:
         self.lora_adapter: Any = None  # the loaded adapter, held for the request's whole life
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
         self.seqs: list[Sequence] = []
+        self._prompt_array: np.ndarray | None = None
+
+    @property
+    def prompt_array(self) -> np.ndarray:
+        """The prompt as an int64 array, made once: penalties read it every step, and copying
+        a numpy array is much cheaper than converting a list of Python ints."""
+        if self._prompt_array is None:
+            self._prompt_array = np.asarray(self.prompt_token_ids, dtype=np.int64)
+        return self._prompt_array
 
     @property
     def is_finished(self) -> bool:

@@ -175,6 +175,9 @@ class SchedulerConfig:
     max_num_seqs: int = 256  # sequences in one batch
     max_num_batched_tokens: int = 4096  # tokens (prefill chunks + decodes) in one step
     max_model_len: int = 2048
+    # Launch step n+1 before the host has read step n's tokens (they feed the next step on the
+    # device), so detokenizing, stop checks and scheduling overlap the GPU's work.
+    async_scheduling: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

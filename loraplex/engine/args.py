@@ -34,6 +34,7 @@ class EngineArgs:
     cpu_kv_cache_bytes: int = 1 << 30
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
+    async_scheduling: bool = True
     quantization: str | None = None
     enforce_eager: bool = False
     trust_remote_code: bool = False
@@ -76,6 +77,7 @@ class EngineArgs:
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=batched_tokens,
             max_model_len=max_model_len,
+            async_scheduling=self.async_scheduling,
         )
         cache = CacheConfig(
             block_size=self.block_size,

@@ -20,9 +20,9 @@ from loraplex.engine.detokenizer import IncrementalDetokenizer
 from loraplex.engine.lora.adapter import LoRAAdapter
 from loraplex.engine.lora.manager import LoRAManager
 from loraplex.engine.parallel.executor import create_executor
-from loraplex.engine.sampler import Sampler
+from loraplex.engine.sampler import PendingSample, Sampler
 from loraplex.engine.sampling_batch import SamplingBatch, make_generator
-from loraplex.engine.scheduler import Scheduler
+from loraplex.engine.scheduler import ScheduledBatch, Scheduler
 from loraplex.engine.sequence import Request, Sequence, SequenceStatus
 from loraplex.engine.stop_checker import check_stop, stop_string_holdback
 from loraplex.lora_request import LoRARequest
@@ -77,6 +77,7 @@ class LLMEngine:
         self.sampler = Sampler(model_cfg.vocab_size, self.eos_token_ids)
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
+        self._in_flight: _Launched | None = None  # a launched step not yet read (async)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -232,36 +233,75 @@ class LLMEngine:
     # ---- the loop -------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one batch; return the cumulative output of every request that advanced."""
+        """Run one batch; return the cumulative output of every request that advanced.
+
+        With async scheduling the batch is launched before the previous step's tokens are
+        read: those reach the next step's input on the device, and the host detokenizes and
+        checks stops while the GPU runs. Outputs then trail the GPU by one step, and a
+        sequence that stopped costs one discarded token. A batch whose sampling needs the
+        previous tokens on the host (penalties, min_tokens) waits for them first."""
         batch = self.scheduler.schedule()
-        if batch.is_empty:
-            return []
+        outputs: list[RequestOutput] = []
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None and (batch.is_empty or not _can_overlap(batch)):
+            outputs += self._finish(previous)
+            previous = None
+            batch = _without_finished(batch)
+        launched = None if batch.is_empty else self._launch(batch, previous)
+        if previous is not None:
+            outputs += self._finish(previous)
+        if launched is not None:
+            if self.config.scheduler.async_scheduling:
+                self._in_flight = launched
+            else:
+                outputs += self._finish(launched)
+        return outputs
+
+    def _launch(self, batch: ScheduledBatch, previous: _Launched | None) -> _Launched:
+        """Queue the batch's forward pass and sampling on the device."""
         lora_slots = None
         if self.lora_manager is not None:
             needed = {seq.request.lora_adapter for seq in batch.seqs} - {None}
             if needed:
                 in_use = set(self.scheduler.running_loras)
                 lora_slots = self.lora_manager.activate(needed, in_use)
-        logits = self.executor.execute(batch, lora_slots)
+        pending = previous.sample.token_ids if previous is not None and previous.sample else None
+        logits = self.executor.execute(batch, lora_slots, pending)
         sampling: list[Sequence] = []
-        touched: dict[str, Request] = {}
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += num_new
             if seq.num_computed_tokens == seq.num_tokens:
                 sampling.append(seq)
-        if sampling:
-            sampler_batch = SamplingBatch(
+        if not sampling:
+            return _Launched([], None)
+        sample = self.sampler.sample(
+            logits,
+            SamplingBatch(
                 params=[seq.params for seq in sampling],
                 prompt_token_ids=[seq.request.prompt_array for seq in sampling],
                 output_token_ids=[seq.output_token_ids for seq in sampling],
                 generators=[seq.generator for seq in sampling],
+            ),
+        )
+        for row, seq in enumerate(sampling):
+            seq.num_pending += 1
+            seq.pending_row = row
+        return _Launched(sampling, sample)
+
+    def _finish(self, launched: _Launched) -> list[RequestOutput]:
+        """Read a launched step's tokens and advance its sequences."""
+        if launched.sample is None:
+            return []
+        result = launched.sample.result()
+        touched: dict[str, Request] = {}
+        for row, seq in enumerate(launched.sampling):
+            seq.num_pending -= 1
+            if seq.status.is_finished:  # stopped or aborted while this step ran: discarded
+                continue
+            self._advance(
+                seq, result.token_ids[row], result.logprobs[row], result.top_logprobs[row]
             )
-            result = self.sampler(logits, sampler_batch)
-            for row, seq in enumerate(sampling):
-                self._advance(
-                    seq, result.token_ids[row], result.logprobs[row], result.top_logprobs[row]
-                )
-                touched[seq.request.request_id] = seq.request
+            touched[seq.request.request_id] = seq.request
         return [self._output(request) for request in touched.values()]
 
     def _advance(self, seq: Sequence, token_id: int, logprob: float, top: dict | None) -> None:
@@ -274,7 +314,7 @@ class LLMEngine:
             new_char_count=len(new_text),
             params=seq.params,
             eos_token_ids=self.eos_token_ids,
-            seq_len=seq.num_tokens,
+            seq_len=len(seq.token_ids),
             max_model_len=self.max_model_len,
         )
         if decision is None:
@@ -318,6 +358,43 @@ class LLMEngine:
             outputs=completions,
             finished=finished,
         )
+
+
+@dataclass
+class _Launched:
+    """A step queued on the device whose sampled tokens the host has not read yet."""
+
+    sampling: list[Sequence]  # the sequences that sample, in the rows of `sample`
+    sample: PendingSample | None  # None when no sequence samples (prompt chunks only)
+
+
+def _can_overlap(batch: ScheduledBatch) -> bool:
+    """Whether the batch can sample before the host has the previous step's tokens: not
+    when a penalty reads the generated tokens or min_tokens still bans a stop token."""
+    for seq in batch.seqs:
+        params = seq.params
+        if (
+            params.repetition_penalty != 1.0
+            or params.frequency_penalty != 0.0
+            or params.presence_penalty != 0.0
+            or len(seq.output_token_ids) < params.min_tokens
+        ):
+            return False
+    return True
+
+
+def _without_finished(batch: ScheduledBatch) -> ScheduledBatch:
+    """The batch less sequences that stopped after it was scheduled (their blocks are freed)."""
+    kept = [
+        (seq, num_new)
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True)
+        if not seq.status.is_finished
+    ]
+    return ScheduledBatch(
+        seqs=[seq for seq, _ in kept],
+        num_new_tokens=[num_new for _, num_new in kept],
+        num_preempted=batch.num_preempted,
+    )
 
 
 def _eos_token_ids(tokenizer: Any, model_dir: str) -> set[int]:

@@ -6,7 +6,6 @@ the KV cache; the driver's (rank 0) prepares each step's input and receives the 
 
 from __future__ import annotations
 
-import itertools
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,8 +191,15 @@ class ModelRunner:
 
     # ---- forward --------------------------------------------------------------------------
 
-    def prepare(self, batch: ScheduledBatch, lora_slots: dict | None = None) -> ModelInput:
+    def prepare(
+        self,
+        batch: ScheduledBatch,
+        lora_slots: dict | None = None,
+        pending_tokens: torch.Tensor | None = None,
+    ) -> ModelInput:
         """Tensors of one step; `lora_slots` maps each adapter in the batch to its GPU slot.
+        A sequence's token the host has not read yet (`num_pending`) is taken on the device
+        from `pending_tokens`, the previous step's sampled ids, at its `pending_row`.
 
         Built with numpy and sent in two host-to-device copies (one int64, one int32 buffer)
         whatever the batch size: at small batches each extra tensor costs as much host time
@@ -208,23 +214,18 @@ class ModelRunner:
         num_tokens = int(cu_seqlens[-1])
         seq_of_token = np.repeat(np.arange(num_seqs), new)
         positions = np.arange(num_tokens, dtype=np.int64) + np.repeat(starts - cu_seqlens[:-1], new)
-        if int(new.max()) == 1:  # decode: one token per sequence, the last one
-            input_ids = np.fromiter((seq.token_ids[-1] for seq in seqs), np.int64, num_seqs)
-        else:
-            input_ids = np.fromiter(
-                itertools.chain.from_iterable(
-                    seq.token_ids[s:e] for seq, s, e in zip(seqs, starts, ends, strict=True)
-                ),
-                np.int64,
-                num_tokens,
-            )
+        total = np.fromiter((seq.num_tokens for seq in seqs), np.int64, num_seqs)
+        # Decode: every sequence computes exactly its last token.
+        decode = num_tokens == num_seqs and bool((ends == total).all())
+        input_ids, fill_rows, fill_from = _host_input_ids(seqs, starts, ends, cu_seqlens, decode)
+        if fill_rows.size and pending_tokens is None:
+            raise RuntimeError("a sequence waits for a sampled token but none was passed")
         width = max(len(seq.block_table) for seq in seqs)
         tables = np.zeros((num_seqs, width), dtype=np.int32)
         for row, seq in enumerate(seqs):
             tables[row, : len(seq.block_table)] = seq.block_table
         bs = self.block_size
         slots = tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
-        total = np.fromiter((seq.num_tokens for seq in seqs), np.int64, num_seqs)
         logits_indices = (cu_seqlens[1:] - 1)[ends == total]
         int32_parts = [tables.reshape(-1), ends, cu_seqlens]
         if lora_slots:
@@ -232,9 +233,16 @@ class ModelRunner:
                 (lora_slots.get(seq.request.lora_adapter, -1) for seq in seqs), np.int64, num_seqs
             )
             int32_parts.append(np.repeat(seq_lora, new))
-        wide = self._to_device(np.concatenate([input_ids, positions, slots, logits_indices]))
+        wide = self._to_device(
+            np.concatenate([input_ids, positions, slots, logits_indices, fill_rows, fill_from])
+        )
         narrow = self._to_device(np.concatenate(int32_parts).astype(np.int32))
-        wide_parts = _split(wide, [num_tokens, num_tokens, num_tokens, len(logits_indices)])
+        sizes = [num_tokens, num_tokens, num_tokens, len(logits_indices)]
+        wide_parts = _split(wide, [*sizes, fill_rows.size, fill_from.size])
+        if fill_rows.size:
+            wide_parts[0].index_copy_(
+                0, wide_parts[4], pending_tokens.index_select(0, wide_parts[5])
+            )
         narrow_parts = _split(narrow, [p.size for p in int32_parts])
         ctx = ForwardContext(
             slot_mapping=wide_parts[2],
@@ -262,10 +270,15 @@ class ModelRunner:
         return tensor.pin_memory().to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, lora_slots: dict | None = None) -> torch.Tensor:
+    def execute(
+        self,
+        batch: ScheduledBatch,
+        lora_slots: dict | None = None,
+        pending_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Float32 logits [num_sampling_seqs, vocab] for the sequences that finish their
         prompt or decode this step, in batch order."""
-        return self.run(self.prepare(batch, lora_slots))
+        return self.run(self.prepare(batch, lora_slots, pending_tokens))
 
     @torch.inference_mode()
     def run(self, model_input: ModelInput) -> torch.Tensor | None:
@@ -278,6 +291,35 @@ class ModelRunner:
         with forward_context(ctx):
             hidden = self.model(model_input.input_ids, model_input.positions)
             return self.model.compute_logits(hidden[model_input.logits_indices])
+
+
+def _host_input_ids(
+    seqs: list, starts: np.ndarray, ends: np.ndarray, cu_seqlens: np.ndarray, decode: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input ids known on the host, 0 where a token is pending; the rows of the pending
+    tokens; the rows of the previous step's samples that hold them)."""
+    num_tokens = int(cu_seqlens[-1])
+    fill_rows: list[int] = []
+    fill_from: list[int] = []
+    if decode:  # one token per sequence, its last
+        ids = np.empty(num_tokens, dtype=np.int64)
+        for row, seq in enumerate(seqs):
+            if seq.num_pending:
+                ids[row] = 0
+                fill_rows.append(row)
+                fill_from.append(seq.pending_row)
+            else:
+                ids[row] = seq.token_ids[-1]
+    else:
+        ids = np.zeros(num_tokens, dtype=np.int64)
+        for i, seq in enumerate(seqs):
+            start, end, offset = int(starts[i]), int(ends[i]), int(cu_seqlens[i])
+            known = seq.token_ids[start:end]
+            ids[offset : offset + len(known)] = known
+            if len(known) < end - start:  # the last one is the pending token
+                fill_rows.append(offset + end - start - 1)
+                fill_from.append(seq.pending_row)
+    return ids, np.asarray(fill_rows, dtype=np.int64), np.asarray(fill_from, dtype=np.int64)
 
 
 def _split(flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

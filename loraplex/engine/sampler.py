@@ -15,7 +15,14 @@ import torch
 from loraplex.engine.sampling_batch import SamplingBatch, SamplingTensors, make_generator
 from loraplex.sampling_params import SamplingParams
 
-__all__ = ["Sampler", "SamplerOutput", "SamplingBatch", "SamplingTensors", "make_generator"]
+__all__ = [
+    "PendingSample",
+    "Sampler",
+    "SamplerOutput",
+    "SamplingBatch",
+    "SamplingTensors",
+    "make_generator",
+]
 
 
 @dataclass
@@ -142,6 +149,12 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         """`logits[B, V]` (float32, CPU or CUDA) of the rows of `batch`, in the same order."""
+        return self.sample(logits, batch).result()
+
+    def sample(self, logits: torch.Tensor, batch: SamplingBatch) -> PendingSample:
+        """Queue the sampling of `batch` on the logits' device without waiting for it: the
+        chosen ids stay on the device (`token_ids`, for the next step's input) while a copy of
+        what the host needs travels back; `result()` waits for that copy."""
         expected = (len(batch), self.vocab_size)
         if logits.dim() != 2 or tuple(logits.shape) != expected:
             raise ValueError(f"logits must have shape {expected}, got {tuple(logits.shape)}")
@@ -157,38 +170,64 @@ class Sampler:
             token_ids = exponential_race(probs, batch.params, batch.generators)
             if tensors.greedy_rows is not None:
                 token_ids = torch.where(tensors.greedy_rows, penalized.argmax(dim=-1), token_ids)
-        return self._output(raw, token_ids, batch.params, tensors.max_logprobs)
+        return PendingSample.start(raw, token_ids, batch.params, tensors.max_logprobs)
 
-    @staticmethod
-    def _output(
+
+@dataclass
+class PendingSample:
+    """One step's sampled tokens: on the device now, on the host once `result()` returns."""
+
+    token_ids: torch.Tensor  # [B] int64 on the logits' device
+    params: list[SamplingParams]
+    width: int  # top logprobs per row in `host`
+    max_logprobs: int
+    host: torch.Tensor  # [B, 2 + 2 * width] float64: token, its logprob, top values, top ids
+    copied: torch.cuda.Event | None  # recorded after the device-to-host copy (CUDA only)
+
+    @classmethod
+    def start(
+        cls,
         raw: torch.Tensor,
         token_ids: torch.Tensor,
         params: list[SamplingParams],
         max_logprobs: int,
-    ) -> SamplerOutput:
+    ) -> PendingSample:
         # logit - logsumexp is log_softmax for the one token needed, without a [B, V] result.
         log_normalizer = torch.logsumexp(raw, dim=-1)
         chosen = raw.gather(1, token_ids[:, None]).squeeze(1) - log_normalizer
         columns = [token_ids.double(), chosen.double()]
-        if max_logprobs > 0:
-            values, indices = raw.topk(min(max_logprobs, raw.shape[-1]), dim=-1)
-            columns += [*(values - log_normalizer[:, None]).double().T, *indices.double().T]
-        # One device-to-host transfer (one sync) for everything the host needs; float64 holds
-        # every token id exactly.
-        host = torch.stack(columns, dim=1).cpu().tolist() if len(params) else []
-        token_list = [int(row[0]) for row in host]
-        logprob_list = [row[1] for row in host]
-        top_logprobs: list[dict[int, float] | None] = [None] * len(params)
-        if max_logprobs < 0:
-            return SamplerOutput(token_list, logprob_list, top_logprobs)
-
         width = min(max_logprobs, raw.shape[-1]) if max_logprobs > 0 else 0
-        for row, row_params in enumerate(params):
+        if width:
+            values, indices = raw.topk(width, dim=-1)
+            columns += [*(values - log_normalizer[:, None]).double().T, *indices.double().T]
+        # Everything the host needs in one transfer; float64 holds every token id exactly.
+        packed = torch.stack(columns, dim=1)
+        copied = None
+        if packed.is_cuda:
+            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+        else:
+            host = packed
+        return cls(token_ids, params, width, max_logprobs, host, copied)
+
+    def result(self) -> SamplerOutput:
+        if self.copied is not None:
+            self.copied.synchronize()
+        rows = self.host.tolist()
+        token_list = [int(row[0]) for row in rows]
+        logprob_list = [row[1] for row in rows]
+        top_logprobs: list[dict[int, float] | None] = [None] * len(self.params)
+        if self.max_logprobs < 0:
+            return SamplerOutput(token_list, logprob_list, top_logprobs)
+        width = self.width
+        for row, row_params in enumerate(self.params):
             if row_params.logprobs is None:
                 continue
             entry = {token_list[row]: logprob_list[row]}
-            top_values = host[row][2 : 2 + width]
-            top_ids = host[row][2 + width : 2 + 2 * width]
+            top_values = rows[row][2 : 2 + width]
+            top_ids = rows[row][2 + width : 2 + 2 * width]
             for token, value in zip(
                 top_ids[: row_params.logprobs], top_values[: row_params.logprobs], strict=True
             ):

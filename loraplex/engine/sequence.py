@@ -96,6 +96,11 @@ class Sequence:
         self.num_prompt_tokens = len(request.prompt_token_ids)
         # Tokens whose K/V are in the cache; reset to 0 when preempted (recomputed later).
         self.num_computed_tokens = 0
+        # Tokens sampled on the device whose values the host has not read yet (async
+        # scheduling): they count as the sequence's last tokens, and a step that computes one
+        # takes its id from row `pending_row` of the previous step's sampled tokens.
+        self.num_pending = 0
+        self.pending_row = -1
         self.block_table: list[int] = []
         self.status = SequenceStatus.WAITING
         self.generator = generator
@@ -110,7 +115,7 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) + self.num_pending
 
     @property
     def num_output_tokens(self) -> int:
@@ -118,7 +123,7 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return len(self.token_ids) - self.num_computed_tokens
+        return self.num_tokens - self.num_computed_tokens
 
     def append_token(
         self, token_id: int, logprob: float, top_logprobs: dict[int, float] | None

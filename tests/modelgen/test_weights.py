@@ -79,9 +79,7 @@ def test_moe_experts_and_routers_scale_with_fan_in(tiny_models):
     depth = DEPTH_SCALE_TINY  # residual-branch outputs shrink with depth
     assert down.std() == pytest.approx(moe.expert_intermediate_size**-0.5 * depth, rel=0.1)
     shared = weights[f"{layer}.shared_expert.down_proj.weight"]
-    assert shared.std() == pytest.approx(
-        moe.shared_expert_intermediate_size**-0.5 * depth, rel=0.1
-    )
+    assert shared.std() == pytest.approx(moe.shared_expert_intermediate_size**-0.5 * depth, rel=0.1)
     # Every expert is drawn from its own generator.
     assert not torch.equal(
         weights[f"{layer}.experts.0.up_proj.weight"], weights[f"{layer}.experts.1.up_proj.weight"]

@@ -26,6 +26,7 @@ from loraplex.kernels.reference import fused_moe_ref
 # Shard id of a checkpoint tensor that holds every expert of a projection, stacked.
 STACKED = "stacked"
 
+
 def select_experts(
     router_logits: torch.Tensor, top_k: int, *, renormalize: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,6 +194,8 @@ class MoEExperts(nn.Module):
 
 # Loader entries: checkpoint module -> (engine module, shard id), as in packed_modules_mapping.
 CheckpointEntries = dict[str, tuple[str, object]]
+
+
 def stacked_checkpoint_entries(prefix: str) -> CheckpointEntries:
     """The fused layout (`save_original_format=False` in transformers 5): `{prefix}.gate_up_proj`
     [E, 2 * I, H] (gate rows, then up rows) and `{prefix}.down_proj` [E, H, I], with no

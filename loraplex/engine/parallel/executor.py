@@ -31,9 +31,14 @@ class Executor:
         """KV-cache blocks every rank holds; the driver's block manager hands them out."""
         return self.runner.num_blocks
 
-    def execute(self, batch: ScheduledBatch, lora_slots: dict | None = None) -> torch.Tensor:
+    def execute(
+        self,
+        batch: ScheduledBatch,
+        lora_slots: dict | None = None,
+        pending_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Float32 logits [num_sampling_seqs, vocab] of one step (see ModelRunner.execute)."""
-        return self.runner.execute(batch, lora_slots)
+        return self.runner.execute(batch, lora_slots, pending_tokens)
 
     def write_lora_slot(self, slot: int, weights: SlotWeights) -> None:
         """Fill LoRA slot `slot` with one adapter's full-size weights."""

@@ -50,9 +50,15 @@ class TensorParallelExecutor(Executor):
             self.workers.pids,
         )
 
-    def execute(self, batch: ScheduledBatch, lora_slots: dict | None = None) -> torch.Tensor:
+    def execute(
+        self,
+        batch: ScheduledBatch,
+        lora_slots: dict | None = None,
+        pending_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         with self._command():
-            model_input = self.runner.prepare(batch, lora_slots)
+            # The pending ids are filled in on this rank before the step is broadcast.
+            model_input = self.runner.prepare(batch, lora_slots, pending_tokens)
             header, payload = pack_step(model_input)
             self.workers.send(header)
             torch.distributed.broadcast(payload, src=0)

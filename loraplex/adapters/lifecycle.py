@@ -37,6 +37,7 @@ from loraplex.adapters.registry import (
     mark_adapter_deleted,
     mark_version_deleted,
     referenced_object_prefixes,
+    release_unused_adapter,
     reserve_adapter,
     validate_name,
     version_object_prefix,
@@ -107,6 +108,7 @@ def upload_adapter_version(
             )
         except BaseException:
             _remove_objects(store, prefix)
+            _release_reservation(session, adapter.id, version)
             raise
 
 
@@ -128,6 +130,16 @@ def delete_adapter(*, session: Session, store: ObjectStore, tenant_id: int, name
     for prefix in mark_adapter_deleted(session=session, adapter=adapter):
         _remove_objects(store, prefix)
     return adapter
+
+
+def _release_reservation(session: Session, adapter_id: int, version: int) -> None:
+    """After a failed upload: free the adapter it reserved if nothing else uses it. Best
+    effort: the upload's own error is what the caller must see."""
+    try:
+        session.rollback()
+        release_unused_adapter(session=session, adapter_id=adapter_id, version=version)
+    except Exception:
+        logger.exception("could not release adapter %d after a failed upload", adapter_id)
 
 
 def _remove_objects(store: ObjectStore, prefix: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -139,6 +139,26 @@ def allocate_version_number(*, session: Session, adapter_id: int) -> int:
     return next_after - 1
 
 
+def release_unused_adapter(*, session: Session, adapter_id: int, version: int) -> bool:
+    """Undo the reservation of an upload that failed before its row (version number
+    `version`): the adapter is marked deleted, so it no longer counts against the tenant's
+    quota, if it has no version at all and no other upload has taken a number since. True if
+    released."""
+    has_versions = exists().where(AdapterVersion.adapter_id == adapter_id)
+    released = session.execute(
+        update(Adapter)
+        .where(
+            Adapter.id == adapter_id,
+            Adapter.deleted_at.is_(None),
+            Adapter.next_version == version + 1,
+            ~has_versions,
+        )
+        .values(deleted_at=utcnow())
+    ).rowcount
+    session.commit()
+    return released == 1
+
+
 def create_adapter_version(
     *,
     session: Session,
@@ -153,7 +173,12 @@ def create_adapter_version(
     config_sha256: str,
     object_key: str,
 ) -> AdapterVersion:
-    """Record a version whose files are already in the object store under `object_key`."""
+    """Record a version whose files are already in the object store under `object_key`;
+    a ConflictError if the adapter was deleted meanwhile (the row would be unreachable)."""
+    adapter = session.scalar(select(Adapter).where(Adapter.id == adapter_id).with_for_update())
+    if adapter is None or adapter.deleted_at is not None:
+        session.rollback()
+        raise ConflictError(f"adapter {adapter_id} was deleted while this version was uploaded")
     row = AdapterVersion(
         adapter_id=adapter_id,
         version=version,

@@ -187,12 +187,44 @@ class FailingStore:
 
 
 def test_failed_object_write_leaves_no_row_and_no_objects(session, store, policy, peft_adapter):
-    tenant = create_tenant(session=session, name="acme")
+    tenant = create_tenant(session=session, name="acme", max_adapters=1)
     with pytest.raises(OSError, match="connection reset"):
         _upload(session, FailingStore(store), tenant, policy, peft_adapter)
     assert list(store.list()) == []
-    adapter = list_adapters(session=session, tenant_id=tenant.id)[0]
-    assert list_adapter_versions(session=session, adapter_id=adapter.id, include_deleted=True) == []
+    # The adapter the failed upload reserved is released: not listed, not using the quota.
+    assert list_adapters(session=session, tenant_id=tenant.id) == []
+    assert _upload(session, store, tenant, policy, peft_adapter, name="other").version == 1
+
+
+def test_failed_upload_keeps_an_adapter_that_has_versions(session, store, policy, peft_adapter):
+    tenant = create_tenant(session=session, name="acme")
+    _upload(session, store, tenant, policy, peft_adapter)
+    with pytest.raises(OSError, match="connection reset"):
+        _upload(session, FailingStore(store), tenant, policy, peft_adapter)
+    [adapter] = list_adapters(session=session, tenant_id=tenant.id)
+    versions = list_adapter_versions(session=session, adapter_id=adapter.id)
+    assert [v.version for v in versions] == [1]
+    assert _upload(session, store, tenant, policy, peft_adapter).version == 3  # 2 was spent
+
+
+def test_upload_into_an_adapter_deleted_meanwhile_conflicts(
+    session, store, policy, peft_adapter, monkeypatch
+):
+    """A DELETE that lands between an upload's object writes and its row: the upload fails
+    with a conflict and removes its objects, instead of adding an unreachable version."""
+    tenant = create_tenant(session=session, name="acme")
+    _upload(session, store, tenant, policy, peft_adapter)
+    real_create = lifecycle.create_adapter_version
+
+    def delete_first(**kwargs):
+        delete_adapter(session=session, store=store, tenant_id=tenant.id, name="support-bot")
+        return real_create(**kwargs)
+
+    monkeypatch.setattr(lifecycle, "create_adapter_version", delete_first)
+    with pytest.raises(ConflictError, match="deleted while this version was uploaded"):
+        _upload(session, store, tenant, policy, peft_adapter)
+    assert list(store.list()) == []
+    assert list_adapters(session=session, tenant_id=tenant.id) == []
 
 
 def test_failed_row_commit_removes_the_objects(session, store, policy, peft_adapter, monkeypatch):

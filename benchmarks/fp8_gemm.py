@@ -31,13 +31,14 @@ def main() -> None:
     from loraplex.kernels.fp8_linear import fp8_gemv, quantize_per_token
 
     bandwidth = copy_bandwidth()
-    block_ns = [8, 16, 32]
-    block_ks = [256, 512, 1024]
-    stages = [4] if args.quick else [3, 4, 6]
+    # (block_n, block_k): the kernel keeps a float32 partial sum per element of its
+    # [rows, block_n, block_k] tile, so the tile is kept at 4K-16K elements.
+    tiles = [(8, 512), (8, 1024), (8, 2048), (16, 256), (16, 512), (16, 1024), (32, 256), (32, 512)]
+    stages = [4] if args.quick else [2, 3, 4]
     warps = [4] if args.quick else [4, 8]
     configs = [
         {"max_m": 4, "block_n": n, "block_k": k, "num_warps": w, "num_stages": s}
-        for n, k, s, w in itertools.product(block_ns, block_ks, stages, warps)
+        for (n, k), s, w in itertools.product(tiles, stages, warps)
     ]
     rows_out, best_totals = [], {}
     for rows in [int(r) for r in args.rows.split(",")]:

@@ -121,7 +121,9 @@ def _fp8_gemv_kernel(
     n_mask = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # Products accumulate elementwise and are summed over K once at the end: a reduction
+    # across threads in every iteration would stall the loads behind it.
+    partial = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         kk = k + offs_k
         k_mask = kk < K
@@ -133,7 +135,8 @@ def _fp8_gemv_kernel(
         )
         xq = _quantize(x, scale, FP8_MAX_VALUE).to(tl.float32)
         # Products of two fp8 values are exact in float32, as in the tensor-core path.
-        acc += tl.sum(w.to(tl.float32)[None, :, :] * xq[:, None, :], axis=2)
+        partial += w.to(tl.float32)[None, :, :] * xq[:, None, :]
+    acc = tl.sum(partial, axis=2)
     w_scale = tl.load(w_scale_ptr + offs_n, mask=n_mask, other=0.0)
     out = acc * scale[:, None] * w_scale[None, :]
     if HAS_BIAS:

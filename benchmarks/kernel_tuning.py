@@ -71,30 +71,23 @@ def pick(name: str, candidates: Sequence, timings: Callable[[object], list[float
     return min(scores, key=scores.get)
 
 
-def tune_decode() -> dict:
-    cases = [
-        attention_case(b, c, 1, dt)
-        for b, c, dt in (
-            (64, 4096, torch.bfloat16),
-            (256, 4096, torch.bfloat16),
-            (64, 4096, FP8_DTYPE),
-            (16, 4096, torch.bfloat16),
-        )
-    ]
+def tune_decode(kv_dtype: torch.dtype = torch.bfloat16) -> dict:
+    """The decode config for a bf16 cache, or (kv_dtype=FP8_DTYPE) for an fp8 one."""
+    cases = [attention_case(b, c, 1, kv_dtype) for b, c in ((64, 4096), (256, 4096), (16, 4096))]
     base = dict(programs_per_sm=2, min_split_tokens=256, max_splits=64)
-    candidates = [
-        DecodeConfig(block_n=n, num_warps=w, num_stages=s, **base)
-        for n, w, s in ((32, 4, 2), (64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 3), (64, 2, 3))
-    ]
+    shapes = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 3), (64, 2, 3)]
+    if kv_dtype == FP8_DTYPE:  # half the bytes per tile: longer tiles, more in flight
+        shapes += [(128, 4, 3), (128, 4, 4), (256, 8, 2), (256, 8, 3)]
+    candidates = [DecodeConfig(block_n=n, num_warps=w, num_stages=s, **base) for n, w, s in shapes]
 
     def timings(config):
         run = _attention_runner(paged_decode, config, decode=True)
         return [time_per_call(case.calls(run)) for case in cases]
 
-    best = pick("decode", candidates, timings)
+    best = pick(f"decode {kv_dtype}", candidates, timings)
     cases.clear()
     split_cases = [
-        attention_case(b, c, 1, torch.bfloat16)
+        attention_case(b, c, 1, kv_dtype)
         for b, c in ((1, 32768), (4, 8192), (16, 4096), (16, 512), (64, 2048))
     ]
     split_candidates = [
@@ -165,9 +158,10 @@ def main() -> None:
 
 
 def tune_attention(record: Callable[[str, str, dict], None]) -> None:
-    decode = tune_decode()
+    decode, decode_fp8 = tune_decode(), tune_decode(FP8_DTYPE)
     for head_dim in ("64", "128"):
         record("paged_decode", head_dim, decode)
+        record("paged_decode", f"{head_dim}-fp8", decode_fp8)
     prefill_shapes = {
         128: [(64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 8, 3)],
         64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],

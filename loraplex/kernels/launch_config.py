@@ -52,7 +52,8 @@ def launch_config(op: str, key: str, device: torch.device) -> dict[str, Any]:
 
 def head_dim_bucket(op: str, head_dim: int, device: torch.device) -> str:
     """The smallest head-dim key of `op`'s table that is at least `head_dim`."""
-    keys = sorted(int(k) for k in _merged_table(device_table_name(device)).get(op, {}))
+    entries = _merged_table(device_table_name(device)).get(op, {})
+    keys = sorted(int(k) for k in entries if k.isdigit())  # not variants such as "128-fp8"
     for size in keys:
         if size >= head_dim:
             return str(size)

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from loraplex.kernels.launch_config import head_dim_bucket, launch_config, num_multiprocessors
 from loraplex.kernels.paged_kv import LOG2_E, attend_tile
+from loraplex.kernels.reference import FP8_DTYPE
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,18 @@ class DecodeConfig:
     max_splits: int
 
     @classmethod
-    def for_head_dim(cls, head_dim: int, device: torch.device) -> DecodeConfig:
+    def for_head_dim(
+        cls, head_dim: int, device: torch.device, kv_fp8: bool = False
+    ) -> DecodeConfig:
+        """The config of the head-dim bucket; with an fp8 cache, its `<bucket>-fp8` entry
+        where the GPU's table has one (an fp8 tile moves half the bytes of a bf16 one, so it
+        may want longer tiles to keep as many bytes in flight)."""
         key = head_dim_bucket("paged_decode", head_dim, device)
+        if kv_fp8:
+            try:
+                return cls(**launch_config("paged_decode", f"{key}-fp8", device))
+            except KeyError:
+                pass
         return cls(**launch_config("paged_decode", key, device))
 
 
@@ -264,7 +275,7 @@ def paged_decode(
     group = num_heads // num_kv_heads
     num_seqs = context_lens.shape[0]
     if config is None:
-        config = DecodeConfig.for_head_dim(head_dim, query.device)
+        config = DecodeConfig.for_head_dim(head_dim, query.device, k_cache.dtype == FP8_DTYPE)
     if num_splits is None:
         sms = num_multiprocessors(query.device)
         num_splits, tokens_per_split = split_plan(

@@ -28,6 +28,8 @@ def test_every_config_file_fills_every_field():
         for head_dim in table["paged_prefill"]:
             PrefillConfig(**table["paged_prefill"][head_dim])
             DecodeConfig(**table["paged_decode"][head_dim])
+        for key in table["paged_decode"]:  # head dims and their fp8-cache variants
+            DecodeConfig(**table["paged_decode"][key])
         for regime in ("decode", "prefill"):
             ShrinkConfig(**table["lora_shrink"][regime])
             ExpandConfig(**table["lora_expand"][regime])
@@ -59,6 +61,29 @@ def test_gpu_table_overrides_only_what_it_names(monkeypatch):
             "block_m": 16,
             "block_k": 256,
         }
+    finally:
+        lc._merged_table.cache_clear()
+
+
+def test_an_fp8_cache_takes_its_variant_where_the_table_has_one(monkeypatch):
+    decode = {"num_warps": 4, "num_stages": 2, "programs_per_sm": 2}
+    decode |= {"min_split_tokens": 256, "max_splits": 64}
+    tables = {
+        "default": {
+            "paged_decode": {
+                "64": {"block_n": 64, **decode},
+                "128": {"block_n": 64, **decode},
+                "128-fp8": {"block_n": 128, **decode},
+            }
+        }
+    }
+    monkeypatch.setattr(lc, "_read_table", lambda name: tables.get(name, {}))
+    lc._merged_table.cache_clear()
+    try:
+        assert DecodeConfig.for_head_dim(128, CPU).block_n == 64
+        assert DecodeConfig.for_head_dim(128, CPU, kv_fp8=True).block_n == 128
+        assert DecodeConfig.for_head_dim(64, CPU, kv_fp8=True).block_n == 64  # no variant
+        assert lc.head_dim_bucket("paged_decode", 100, CPU) == "128"
     finally:
         lc._merged_table.cache_clear()
 

@@ -15,6 +15,7 @@ _EXPORTS = {
     "AsyncEngineArgs": "loraplex.engine.async_engine",
     "AsyncLLMEngine": "loraplex.engine.async_engine",
     "SamplingParams": "loraplex.sampling_params",
+    "RequestOutputKind": "loraplex.sampling_params",
     "LoRARequest": "loraplex.lora_request",
     "RequestOutput": "loraplex.outputs",
     "CompletionOutput": "loraplex.outputs",
@@ -29,6 +30,7 @@ __all__ = [
     "LLMEngine",
     "LoRARequest",
     "RequestOutput",
+    "RequestOutputKind",
     "SamplingParams",
     "random_uuid",
 ]
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from loraplex.engine.llm_engine import LLMEngine
     from loraplex.lora_request import LoRARequest
     from loraplex.outputs import CompletionOutput, RequestOutput
-    from loraplex.sampling_params import SamplingParams
+    from loraplex.sampling_params import RequestOutputKind, SamplingParams
 
 
 def random_uuid() -> str:

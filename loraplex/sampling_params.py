@@ -13,6 +13,14 @@ GREEDY_TEMPERATURE = 1e-5
 MAX_LOGPROBS = 20
 
 
+class RequestOutputKind(enum.Enum):
+    """What each `RequestOutput` of a request carries (vLLM's names)."""
+
+    CUMULATIVE = 0  # everything generated so far, every step
+    DELTA = 1  # only what is new since the request's previous output
+    FINAL_ONLY = 2  # nothing until the request finishes, then everything
+
+
 class SamplingType(enum.IntEnum):
     GREEDY = 0
     RANDOM = 1
@@ -53,6 +61,7 @@ class SamplingParams:
     logprobs: int | None = None  # top logprobs per generated token; 0: only the sampled one's
     skip_special_tokens: bool = True  # leave special tokens out of the output text
     include_stop_str_in_output: bool = False  # keep the matched stop string in the text
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         self._validate_numbers()
@@ -69,6 +78,8 @@ class SamplingParams:
                 "include_stop_str_in_output must be a bool, "
                 f"got {self.include_stop_str_in_output!r}"
             )
+        if not isinstance(self.output_kind, RequestOutputKind):
+            raise ValueError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}")
 
     def _validate_numbers(self) -> None:
         if not _is_int(self.n) or self.n < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +11,7 @@ from loraplex.engine.args import EngineArgs
 from loraplex.engine.llm_engine import LLMEngine, PromptType
 from loraplex.lora_request import LoRARequest
 from loraplex.outputs import RequestOutput
-from loraplex.sampling_params import SamplingParams
+from loraplex.sampling_params import RequestOutputKind, SamplingParams
 
 Message = dict[str, Any]
 
@@ -111,6 +112,13 @@ class LLM:
     ) -> list[RequestOutput]:
         engine = self.llm_engine
         ids = [str(next(self._request_ids)) for _ in prompts]
+        # Only finished outputs are returned here, so the engine need build no others.
+        params = [
+            dataclasses.replace(p, output_kind=RequestOutputKind.FINAL_ONLY)
+            if isinstance(p, SamplingParams)
+            else p
+            for p in params
+        ]
         try:
             for request_id, prompt, param, lora in zip(ids, prompts, params, loras, strict=True):
                 engine.add_request(request_id, prompt, param, lora_request=lora)

@@ -27,7 +27,7 @@ from loraplex.engine.sequence import Request, Sequence, SequenceStatus
 from loraplex.engine.stop_checker import check_stop, stop_string_holdback
 from loraplex.lora_request import LoRARequest
 from loraplex.outputs import CompletionOutput, RequestOutput
-from loraplex.sampling_params import SamplingParams
+from loraplex.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +302,12 @@ class LLMEngine:
                 seq, result.token_ids[row], result.logprobs[row], result.top_logprobs[row]
             )
             touched[seq.request.request_id] = seq.request
-        return [self._output(request) for request in touched.values()]
+        outputs = []
+        for request in touched.values():
+            final_only = request.params.output_kind is RequestOutputKind.FINAL_ONLY
+            if request.is_finished or not final_only:
+                outputs.append(self._output(request))
+        return outputs
 
     def _advance(self, seq: Sequence, token_id: int, logprob: float, top: dict | None) -> None:
         seq.append_token(token_id, logprob, top)
@@ -335,18 +340,25 @@ class LLMEngine:
         finished = request.is_finished
         if finished:
             self.requests.pop(request.request_id, None)
+        delta = request.params.output_kind is RequestOutputKind.DELTA
         completions = []
         for seq in request.seqs:
             text = seq.text
             if not seq.status.is_finished:
                 text = text[: len(text) - stop_string_holdback(text, seq.params.stop)]
+            tokens, logprobs = seq.output_token_ids, seq.logprobs
+            if delta:  # only what the request's earlier outputs did not carry
+                text, seq.sent_chars = text[seq.sent_chars :], len(text)
+                first, seq.sent_tokens = seq.sent_tokens, len(tokens)
+                tokens = tokens[first:]
+                logprobs = logprobs[first:] if logprobs is not None else None
             completions.append(
                 CompletionOutput(
                     index=seq.index,
                     text=text,
-                    token_ids=list(seq.output_token_ids),
+                    token_ids=list(tokens),
                     cumulative_logprob=seq.cumulative_logprob,
-                    logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+                    logprobs=list(logprobs) if logprobs is not None else None,
                     finish_reason=seq.finish_reason,
                     stop_reason=seq.stop_reason,
                 )

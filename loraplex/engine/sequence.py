@@ -110,6 +110,9 @@ class Sequence:
         self.logprobs: list[dict[int, float]] | None = (
             [] if request.params.logprobs is not None else None
         )
+        # How much of the output earlier DELTA outputs already carried.
+        self.sent_tokens = 0
+        self.sent_chars = 0
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
 

@@ -1,6 +1,7 @@
-"""Decode-sized FP8 linear layers on the GPU: the fused quantize-and-multiply Triton kernel
-(`fp8_gemv`) over a sweep of its block sizes, beside `torch._scaled_mm` (with the
-per-token quantization it needs) and the bf16 `F.linear` it replaces, for Llama-3-8B shapes.
+"""Decode-sized linear layers on the GPU: the fused quantize-and-multiply Triton kernel
+(`fp8_gemv`) over a sweep of its block sizes, beside `torch._scaled_mm` (with the per-token
+quantization it needs), the bf16 `F.linear` (cuBLAS) it replaces and the plain Triton `gemv`
+on the bf16 weights, for Llama-3-8B shapes.
 
 Each case prints time per call and the fraction of the measured copy bandwidth that reading the
 weight once achieves (the floor for a memory-bound layer), then the best block sizes, to be
@@ -22,6 +23,22 @@ from kernel_timing import copy_bandwidth, fill_random_, rotation_count, time_per
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 
+def sweep(configs, weights, call, totals) -> tuple[float, dict]:
+    """(best seconds per call, its config) over `configs`, each timed over the rotating
+    `weights`; adds every config's time to `totals` (to pick one config for all cases)."""
+    timings = []
+    for cfg in configs:
+        try:
+            t = time_per_call([lambda w=w, cfg=cfg: call(w, cfg) for w in weights])
+        except Exception as error:  # a block size the compiler cannot fit
+            print(f"skip {cfg}: {type(error).__name__}", flush=True)
+            continue
+        timings.append((t, cfg))
+        key = tuple(sorted(cfg.items()))
+        totals[key] = totals.get(key, 0.0) + t
+    return min(timings, key=lambda item: item[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default="1,4")
@@ -29,6 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from loraplex.kernels.fp8_linear import fp8_gemv, quantize_per_token
+    from loraplex.kernels.gemv import gemv
 
     bandwidth = copy_bandwidth()
     # (block_n, block_k): the kernel keeps a float32 partial sum per element of its
@@ -40,7 +58,7 @@ def main() -> None:
         {"max_m": 4, "block_n": n, "block_k": k, "num_warps": w, "num_stages": s}
         for (n, k), s, w in itertools.product(tiles, stages, warps)
     ]
-    rows_out, best_totals = [], {}
+    rows_out, best_totals, best_gemv_totals = [], {}, {}
     for rows in [int(r) for r in args.rows.split(",")]:
         for name, (n, k) in SHAPES.items():
             copies = rotation_count(n * k)
@@ -60,31 +78,26 @@ def main() -> None:
 
             t_scaled = time_per_call([lambda w=w: scaled_mm(w) for w in weights])
             t_bf16 = time_per_call([lambda w=w, x=x: F.linear(x, w) for w in bf16])
-            timings = []
-            for cfg in configs:
-                try:
-                    calls = [
-                        lambda w=w, x=x, s=scale, cfg=cfg: fp8_gemv(x, w, s, config=cfg)
-                        for w in weights
-                    ]
-                    t = time_per_call(calls)
-                except Exception as error:  # a block size the compiler cannot fit
-                    print(f"skip {cfg}: {type(error).__name__}", flush=True)
-                    continue
-                timings.append((t, cfg))
-                key = tuple(sorted(cfg.items()))
-                best_totals[key] = best_totals.get(key, 0.0) + t
-            t_best, cfg_best = min(timings, key=lambda item: item[0])
+
+            def fp8_call(w, cfg, x=x, scale=scale):
+                return fp8_gemv(x, w, scale, config=cfg)
+
+            def bf16_call(w, cfg, x=x):
+                return gemv(x, w, config=cfg)
+
+            t_best, cfg_best = sweep(configs, weights, fp8_call, best_totals)
+            t_gemv, _ = sweep(configs, bf16, bf16_call, best_gemv_totals)
             rows_out.append([
                 rows, name, t_best * 1e6, f"{floor / t_best:.0%}", t_scaled * 1e6,
                 f"{floor / t_scaled:.0%}", t_bf16 * 1e6, f"{2 * floor / t_bf16:.0%}",
-                f"{t_bf16 / t_best:.2f}x",
+                t_gemv * 1e6, f"{2 * floor / t_gemv:.0%}", f"{t_bf16 / t_best:.2f}x",
                 f"n{cfg_best['block_n']} k{cfg_best['block_k']} s{cfg_best['num_stages']} "
                 f"w{cfg_best['num_warps']}",
             ])  # fmt: skip
             print(rows_out[-1], flush=True)
             del weights, bf16
     overall = min(best_totals.items(), key=lambda item: item[1])
+    overall_gemv = min(best_gemv_totals.items(), key=lambda item: item[1])
     body = (
         f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; % = weight bytes read once / time / "
         f"copy bandwidth\n\n"
@@ -96,14 +109,17 @@ def main() -> None:
                 "%",
                 "_scaled_mm us",
                 "%",
-                "bf16 us",
+                "bf16 cuBLAS us",
                 "%",
-                "bf16 / triton",
+                "bf16 triton GEMV us",
+                "%",
+                "bf16 cuBLAS / fp8",
                 "best blocks",
             ],
             rows_out,
         )  # fmt: skip
-        + f"\n\nbest single config over all cases: {dict(overall[0])}"
+        + f"\n\nbest single fp8_gemv config over all cases: {dict(overall[0])}"
+        + f"\nbest single gemv (bf16) config over all cases: {dict(overall_gemv[0])}"
     )
     record("FP8 linear at decode batch sizes", body)
 

@@ -46,7 +46,10 @@ class LoRAManager:
         self.pinned: set[int] = set()
         self.num_loads = 0  # adapters copied into a slot
         self.num_evictions = 0  # slots taken from another adapter
-        self.slot_load_seconds = 0.0  # total time spent filling slots
+        self._slot_load_seconds = 0.0  # time spent filling slots, of the loads timed so far
+        # CUDA events around slot writes whose time is not yet known: waiting for them would
+        # also wait for the step in flight (async scheduling) and stall the engine loop.
+        self._pending_load_timings: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     # ---- CPU tier -------------------------------------------------------------------------
 
@@ -168,13 +171,30 @@ class LoRAManager:
         return slot
 
     def _load(self, slot: int, adapter: LoRAAdapter) -> None:
-        started = time.perf_counter()
-        self.write_slot(slot, adapter.weights)
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the batch needs the slot next anyway
-        self.slot_load_seconds += time.perf_counter() - started
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.write_slot(slot, adapter.weights)
+            end.record()
+            self._pending_load_timings.append((start, end))
+        else:
+            started = time.perf_counter()
+            self.write_slot(slot, adapter.weights)
+            self._slot_load_seconds += time.perf_counter() - started
         self._slots[slot] = adapter
         self.num_loads += 1
+
+    @property
+    def slot_load_seconds(self) -> float:
+        """Total time spent filling slots (on a GPU: of the writes that have completed)."""
+        pending = []
+        for start, end in self._pending_load_timings:
+            if end.query():
+                self._slot_load_seconds += start.elapsed_time(end) / 1e3
+            else:
+                pending.append((start, end))
+        self._pending_load_timings = pending
+        return self._slot_load_seconds
 
     def _free_slot(self, slot: int) -> None:
         self._slots[slot] = None

@@ -7,13 +7,23 @@ driver rank of a sharded one. With one rank no collective is ever called.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 _tp_rank = 0
 _tp_size = 1
+
+# Opt in to all-reduces through symmetric memory (peer-to-peer loads over NVLink) instead of
+# NCCL: `LORAPLEX_TP_ALL_REDUCE=symm_mem`. A decode step all-reduces two small tensors per
+# layer, where NCCL's fixed latency dominates.
+FAST_ALL_REDUCE_ENV = "LORAPLEX_TP_ALL_REDUCE"
+_fast_all_reduce: _SymmetricMemoryAllReduce | None = None
 
 
 @contextmanager
@@ -40,8 +50,67 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum `x` in place over the ranks of the process group. Sharded layers call it; without a
     process group it is the identity."""
     if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(x)
+        if _fast_all_reduce is not None and _fast_all_reduce.fits(x):
+            _fast_all_reduce.all_reduce_(x)
+        else:
+            torch.distributed.all_reduce(x)
     return x
+
+
+class _SymmetricMemoryAllReduce:
+    """All-reduces of up to MAX_BYTES through buffers every rank maps (PyTorch's symmetric
+    memory): copy in, reduce in place by reading the peers' buffers, copy out."""
+
+    MAX_BYTES = 8 << 20
+
+    def __init__(self, device: torch.device) -> None:
+        from torch.distributed import _symmetric_memory as symmetric_memory
+
+        self.group_name = torch.distributed.group.WORLD.group_name
+        self.buffers: dict[torch.dtype, torch.Tensor] = {}
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            size = self.MAX_BYTES // dtype.itemsize
+            buffer = symmetric_memory.empty(size, dtype=dtype, device=device)
+            symmetric_memory.rendezvous(buffer, self.group_name)
+            self.buffers[dtype] = buffer
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return (
+            x.dtype in self.buffers
+            and x.is_contiguous()
+            and x.numel() * x.element_size() <= self.MAX_BYTES
+        )
+
+    def all_reduce_(self, x: torch.Tensor) -> None:
+        buffer = self.buffers[x.dtype][: x.numel()]
+        buffer.copy_(x.view(-1))
+        torch.ops.symm_mem.two_shot_all_reduce_(buffer, "sum", self.group_name)
+        x.view(-1).copy_(buffer)
+
+
+def setup_fast_all_reduce(device: torch.device) -> bool:
+    """Called by every rank at the same point after joining the group: use symmetric-memory
+    all-reduces if FAST_ALL_REDUCE_ENV asks for them and every rank could set them up (the
+    ranks agree, or one would wait in a collective the others never call)."""
+    global _fast_all_reduce
+    _fast_all_reduce = None
+    if device.type != "cuda" or not torch.distributed.is_initialized():
+        return False
+    candidate = None
+    if os.environ.get(FAST_ALL_REDUCE_ENV, "nccl") == "symm_mem":
+        try:
+            candidate = _SymmetricMemoryAllReduce(device)
+        except Exception as exc:  # unsupported here: NCCL serves
+            logger.warning("symmetric-memory all-reduce unavailable (%s); using NCCL", exc)
+    agreed = all_reduce_min(int(candidate is not None), device)
+    _fast_all_reduce = candidate if agreed else None
+    if _fast_all_reduce is not None:
+        logger.info("tensor-parallel all-reduces of up to 8 MiB use symmetric memory")
+    return _fast_all_reduce is not None
+
+
+def fast_all_reduce_active() -> bool:
+    return _fast_all_reduce is not None
 
 
 def gather_last_dim(x: torch.Tensor, rank: int, size: int) -> torch.Tensor | None:

@@ -16,7 +16,12 @@ import torch
 from loraplex.config import EngineConfig
 from loraplex.engine.context import ForwardContext, forward_context
 from loraplex.engine.cuda_graphs import DecodeGraphs
-from loraplex.engine.distributed import all_reduce_min, rank_device, tensor_parallel
+from loraplex.engine.distributed import (
+    all_reduce_min,
+    rank_device,
+    setup_fast_all_reduce,
+    tensor_parallel,
+)
 from loraplex.engine.layers.fp8 import fp8_checkpoint_weights, is_fp8_checkpoint
 from loraplex.engine.layers.lora import apply_lora
 from loraplex.engine.loader import load_weights
@@ -64,6 +69,8 @@ class ModelRunner:
             torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
         )
         torch.manual_seed(model_cfg.seed)
+        if self.tp_size > 1:
+            setup_fast_all_reduce(self.device)
         model_class = resolve_model_class(model_cfg.hf_config)
         fp8_checkpoint = is_fp8_checkpoint(model_cfg.hf_config)
         with (

@@ -340,3 +340,30 @@ def test_async_engine_with_tp2_streams_and_dies_cleanly(tiny_model_dirs, test_de
     finally:
         engine.shutdown()
         engine.engine.shutdown()
+
+
+@pytest.mark.gpu
+def test_tp2_with_symmetric_memory_all_reduce_matches_tp1(tiny_model_dirs, monkeypatch):
+    """The opt-in all-reduce through symmetric memory gives the same greedy tokens as one
+    GPU (and is really in use on the driver)."""
+    from loraplex.engine import distributed
+
+    needs_gpus("cuda", 2)
+    model_dir = tiny_model_dirs["llama"]
+    prompts = random_prompts(PROMPT_LENGTHS, seed=3)
+    single = greedy(make_llm(model_dir, "cuda", 1), prompts)
+    monkeypatch.setenv(distributed.FAST_ALL_REDUCE_ENV, "symm_mem")
+    llm = make_llm(model_dir, "cuda", 2)
+    try:
+        assert distributed.fast_all_reduce_active()
+        assert greedy(llm, prompts) == single
+    finally:
+        llm.llm_engine.shutdown()
+
+
+def test_fast_all_reduce_stays_off_without_a_gpu_group(monkeypatch):
+    from loraplex.engine import distributed
+
+    monkeypatch.setenv(distributed.FAST_ALL_REDUCE_ENV, "symm_mem")
+    assert not distributed.setup_fast_all_reduce(torch.device("cpu"))
+    assert not distributed.fast_all_reduce_active()

@@ -242,12 +242,15 @@ class LLMEngine:
         previous tokens on the host (penalties, min_tokens) waits for them first."""
         batch = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
-        previous, self._in_flight = self._in_flight, None
+        previous = self._in_flight
         if previous is not None and (batch.is_empty or not _can_overlap(batch)):
+            self._in_flight = None
             outputs += self._finish(previous)
             previous = None
             batch = _without_finished(batch)
+        # Should the launch fail, the step in flight stays there to be read.
         launched = None if batch.is_empty else self._launch(batch, previous)
+        self._in_flight = None
         if previous is not None:
             outputs += self._finish(previous)
         if launched is not None:

@@ -167,3 +167,25 @@ def test_prepare_takes_pending_ids_from_the_device_and_chunks_from_the_host(engi
     ]
     with pytest.raises(RuntimeError, match="waits for a sampled token"):
         runner.prepare(batch)
+
+
+def test_a_failed_launch_keeps_the_step_in_flight(engines, monkeypatch):
+    overlapped, synchronous = engines
+    params = SamplingParams(temperature=0, max_tokens=6)
+    [want] = synchronous.generate(PROMPTS[0], params)
+    engine = overlapped.llm_engine
+    engine.add_request("retry", PROMPTS[0], params)
+    engine.step()  # the prompt: its first token is in flight
+    execute = engine.executor.execute
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("launch failed")
+
+    monkeypatch.setattr(engine.executor, "execute", fail)
+    with pytest.raises(RuntimeError, match="launch failed"):
+        engine.step()
+    monkeypatch.setattr(engine.executor, "execute", execute)
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += engine.step()
+    assert outputs[-1].outputs[0].token_ids == want.outputs[0].token_ids

@@ -233,7 +233,8 @@ class LLMEngine:
     # ---- the loop -------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one batch; return the cumulative output of every request that advanced.
+        """Run one batch; return the outputs (of each request's `output_kind`) of the
+        requests that advanced.
 
         With async scheduling the batch is launched before the previous step's tokens are
         read: those reach the next step's input on the device, and the host detokenizes and

@@ -237,18 +237,13 @@ class LLMEngine:
         requests that advanced.
 
         With async scheduling the batch is launched before the previous step's tokens are
-        read: those reach the next step's input on the device, and the host detokenizes and
-        checks stops while the GPU runs. Outputs then trail the GPU by one step, and a
-        sequence that stopped costs one discarded token. A batch whose sampling needs the
-        previous tokens on the host (penalties, min_tokens) waits for them first."""
+        read: those reach the next step's input on the device (and its penalties and
+        min_tokens bans), and the host detokenizes and checks stops while the GPU runs.
+        Outputs then trail the GPU by one step, and a sequence that stopped costs one
+        discarded token."""
         batch = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
         previous = self._in_flight
-        if previous is not None and (batch.is_empty or not _can_overlap(batch)):
-            self._in_flight = None
-            outputs += self._finish(previous)
-            previous = None
-            batch = _without_finished(batch)
         # Should the launch fail, the step in flight stays there to be read.
         launched = None if batch.is_empty else self._launch(batch, previous)
         self._in_flight = None
@@ -285,6 +280,8 @@ class LLMEngine:
                 prompt_token_ids=[seq.request.prompt_array for seq in sampling],
                 output_token_ids=[seq.output_token_ids for seq in sampling],
                 generators=[seq.generator for seq in sampling],
+                pending_rows=[seq.pending_row if seq.num_pending else -1 for seq in sampling],
+                pending_tokens=pending,
             ),
         )
         for row, seq in enumerate(sampling):
@@ -382,35 +379,6 @@ class _Launched:
 
     sampling: list[Sequence]  # the sequences that sample, in the rows of `sample`
     sample: PendingSample | None  # None when no sequence samples (prompt chunks only)
-
-
-def _can_overlap(batch: ScheduledBatch) -> bool:
-    """Whether the batch can sample before the host has the previous step's tokens: not
-    when a penalty reads the generated tokens or min_tokens still bans a stop token."""
-    for seq in batch.seqs:
-        params = seq.params
-        if (
-            params.repetition_penalty != 1.0
-            or params.frequency_penalty != 0.0
-            or params.presence_penalty != 0.0
-            or len(seq.output_token_ids) < params.min_tokens
-        ):
-            return False
-    return True
-
-
-def _without_finished(batch: ScheduledBatch) -> ScheduledBatch:
-    """The batch less sequences that stopped after it was scheduled (their blocks are freed)."""
-    kept = [
-        (seq, num_new)
-        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True)
-        if not seq.status.is_finished
-    ]
-    return ScheduledBatch(
-        seqs=[seq for seq, _ in kept],
-        num_new_tokens=[num_new for _, num_new in kept],
-        num_preempted=batch.num_preempted,
-    )
 
 
 def _eos_token_ids(tokenizer: Any, model_dir: str) -> set[int]:

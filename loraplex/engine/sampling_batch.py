@@ -34,6 +34,10 @@ class SamplingBatch:
     prompt_token_ids: list[Sequence[int] | np.ndarray]
     output_token_ids: list[Sequence[int] | np.ndarray]  # tokens each row generated so far
     generators: list[torch.Generator | None]  # a seeded row's own generator, else None
+    # Async scheduling: a row's newest output token may still be on the device only, at
+    # `pending_tokens[pending_rows[row]]` (-1: none); it counts for penalties and min_tokens.
+    pending_rows: list[int] | None = None
+    pending_tokens: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         rows = len(self.params)
@@ -42,6 +46,19 @@ class SamplingBatch:
                 raise ValueError(
                     f"SamplingBatch.{name} has {len(getattr(self, name))} rows, params has {rows}"
                 )
+        if self.pending_rows is not None:
+            if len(self.pending_rows) != rows:
+                raise ValueError(f"SamplingBatch.pending_rows has {len(self.pending_rows)} rows")
+            if self.pending_tokens is None and any(r >= 0 for r in self.pending_rows):
+                raise ValueError("SamplingBatch has pending rows but no pending_tokens")
+
+    def pending_row(self, row: int) -> int:
+        """Where row `row`'s token still on the device is in `pending_tokens`; -1 if none."""
+        return -1 if self.pending_rows is None else self.pending_rows[row]
+
+    def num_outputs(self, row: int) -> int:
+        """Tokens row `row` has generated, one still on the device included."""
+        return len(self.output_token_ids[row]) + (self.pending_row(row) >= 0)
 
     def __len__(self) -> int:
         return len(self.params)
@@ -177,7 +194,21 @@ class SamplingTensors:
                 ids if used else []
                 for ids, used in zip(batch.output_token_ids, penalized, strict=True)
             ]
-            fields["output_tokens"] = _padded_tokens(outputs, vocab_size, device)
+            # A token still on the device goes after the row's known ones, filled in there.
+            fill = [
+                (row, len(outputs[row]), batch.pending_row(row))
+                for row, used in enumerate(penalized)
+                if used and batch.pending_row(row) >= 0
+            ]
+            waiting = {row for row, _, _ in fill}
+            outputs = [
+                [*ids, vocab_size] if row in waiting else ids for row, ids in enumerate(outputs)
+            ]
+            tokens = _padded_tokens(outputs, vocab_size, device)
+            if fill:
+                rows, columns, sources = torch.tensor(fill, device=device).T
+                tokens[rows, columns] = batch.pending_tokens[sources].to(tokens.dtype)
+            fields["output_tokens"] = tokens
         return fields
 
     @staticmethod
@@ -186,10 +217,8 @@ class SamplingTensors:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         rows: list[int] = []
         tokens: list[int] = []
-        for row, (params, output) in enumerate(
-            zip(batch.params, batch.output_token_ids, strict=True)
-        ):
-            if len(output) >= params.min_tokens:
+        for row, params in enumerate(batch.params):
+            if batch.num_outputs(row) >= params.min_tokens:
                 continue
             banned = set(params.stop_token_ids)
             if not params.ignore_eos:

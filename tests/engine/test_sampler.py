@@ -324,3 +324,39 @@ def test_bad_input_raises_value_error() -> None:
         Sampler(0, set())
     with pytest.raises(ValueError, match="eos_token_ids"):
         Sampler(10, {-1})
+
+
+def test_a_token_still_on_the_device_counts_for_penalties_and_min_tokens() -> None:
+    """Async scheduling: a row's newest token may exist only in the previous step's sampled
+    tensor; penalties see it in the row's output tokens and min_tokens counts it."""
+    from loraplex.engine.sampling_batch import SamplingBatch
+
+    vocab = 10
+    params = [
+        SamplingParams(temperature=0, frequency_penalty=1.0, min_tokens=3),
+        SamplingParams(temperature=0, presence_penalty=1.0, min_tokens=3),
+    ]
+    batch = SamplingBatch(
+        params=params,
+        prompt_token_ids=[[1], [1]],
+        output_token_ids=[[5, 6], [8]],
+        generators=[None, None],
+        pending_rows=[1, -1],
+        pending_tokens=torch.tensor([4, 7]),
+    )
+    assert [batch.num_outputs(0), batch.num_outputs(1)] == [3, 1]
+    tensors = SamplingTensors.from_batch(batch, vocab, {9}, torch.device("cpu"))
+    assert tensors.output_tokens.tolist() == [[5, 6, 7], [8, vocab, vocab]]
+    # Row 0 has its 3 tokens (one on the device): no ban; row 1 still bans EOS (9).
+    assert tensors.banned_rows.tolist() == [1] and tensors.banned_tokens.tolist() == [9]
+    logits = torch.zeros(2, vocab)
+    logits[0, 7] = 0.5  # the pending token leads, until its frequency penalty applies
+    logits[0, 3] = 0.4
+    assert Sampler(vocab, {9})(logits, batch).token_ids[0] == 3
+
+
+def test_pending_rows_need_their_tokens() -> None:
+    from loraplex.engine.sampling_batch import SamplingBatch
+
+    with pytest.raises(ValueError, match="no pending_tokens"):
+        SamplingBatch([SamplingParams()], [[1]], [[2]], [None], pending_rows=[0])

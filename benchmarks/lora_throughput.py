@@ -106,6 +106,7 @@ def loraplex_throughput(model_dir: str, requests: list, args) -> dict[int, float
         max_lora_rank=args.rank,
         max_num_seqs=args.batch,
         gpu_memory_utilization=0.85,
+        quantization=args.quantization,
     )
     for request in requests:
         llm.llm_engine.add_lora(request)
@@ -139,7 +140,8 @@ def main() -> None:
     )
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--peft-batch", type=int, default=64)
+    parser.add_argument("--quantization", choices=["fp8"], default=None, help="base weights")
+    parser.add_argument("--peft-batch", type=int, default=64, help="0: skip peft")
     parser.add_argument("--peft-output-len", type=int, default=32)
     args = parser.parse_args()
 
@@ -156,9 +158,11 @@ def main() -> None:
     requests = [LoRARequest(f"a{i}", i + 1, str(folders[i % len(folders)])) for i in range(most)]
     results = loraplex_throughput(model_dir, requests, args)
     free_cuda()
-    peft = peft_throughput(
-        model_dir, folders[:8], args.peft_batch, args.input_len, args.peft_output_len
-    )
+    peft = None
+    if args.peft_batch:
+        peft = peft_throughput(
+            model_dir, folders[:8], args.peft_batch, args.input_len, args.peft_output_len
+        )
     base = results.get(0)
     rows = [
         [
@@ -166,14 +170,20 @@ def main() -> None:
             args.batch,
             tok_s,
             f"{tok_s / base:.0%}" if base else "-",
-            f"{tok_s / peft:.1f}x",
+            f"{tok_s / peft:.1f}x" if peft else "-",
         ]
         for k, tok_s in results.items()
     ]
-    rows.append(["peft, 8", args.peft_batch, peft, f"{peft / base:.0%}" if base else "-", "1.0x"])
+    if peft:
+        pct = f"{peft / base:.0%}" if base else "-"
+        rows.append(["peft, 8", args.peft_batch, peft, pct, "1.0x"])
+    weights = "fp8 weights" if args.quantization else "bf16"
     body = (
-        f"{args.preset}, bf16, rank {args.rank} on all 7 projections, {args.input_len} prompt + "
-        f"{args.output_len} generated tokens (peft: {args.peft_output_len} generated)\n\n"
+        f"{args.preset}, {weights}, rank {args.rank} on all 7 projections, "
+        f"{args.input_len} prompt + "
+        f"{args.output_len} generated tokens"
+        + (f" (peft: {args.peft_output_len} generated)" if peft else "")
+        + "\n\n"
         + table(["distinct adapters", "batch", "tok/s", "vs base", "vs peft"], rows)
     )
     record("Multi-LoRA throughput", body)

@@ -50,7 +50,14 @@ def transformers_throughput(model_dir: str, batches: list[int], in_len: int, out
     return results
 
 
-def loraplex_throughput(model_dir: str, tp: int, batches: list[int], in_len: int, out_len: int):
+def loraplex_throughput(
+    model_dir: str,
+    tp: int,
+    batches: list[int],
+    in_len: int,
+    out_len: int,
+    quantization: str | None = None,
+):
     from loraplex import LLM, SamplingParams
 
     llm = LLM(
@@ -59,6 +66,7 @@ def loraplex_throughput(model_dir: str, tp: int, batches: list[int], in_len: int
         tensor_parallel_size=tp,
         gpu_memory_utilization=0.85,
         max_num_seqs=max(batches),
+        quantization=quantization,
     )
     vocab = llm.llm_engine.config.model.vocab_size
     params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
@@ -86,6 +94,9 @@ def main() -> None:
     parser.add_argument("--hf-batches", type=ints, default=[1, 64])
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument(
+        "--quantization", default="", help="'fp8' to add FP8-weight rows beside the bf16 ones"
+    )
     args = parser.parse_args()
 
     import torch
@@ -98,14 +109,18 @@ def main() -> None:
     hf = transformers_throughput(model_dir, args.hf_batches, args.input_len, args.output_len)
     free_cuda()
     rows = []
-    for tp in args.tp:
-        ours = loraplex_throughput(model_dir, tp, args.batches, args.input_len, args.output_len)
+    variants = [None] + ([args.quantization] if args.quantization else [])
+    for tp, quantization in ((tp, q) for tp in args.tp for q in variants):
+        ours = loraplex_throughput(
+            model_dir, tp, args.batches, args.input_len, args.output_len, quantization
+        )
         free_cuda()
         for batch, tok_s in ours.items():
             ref = hf.get(batch)
             rows.append(
                 [
                     tp,
+                    quantization or "bf16",
                     batch,
                     tok_s,
                     ref if ref else "-",
@@ -114,12 +129,21 @@ def main() -> None:
                 ]
             )
     body = (
-        f"{args.preset}, bf16, {args.input_len} prompt + {args.output_len} generated tokens; "
+        f"{args.preset}, bf16 activations, {args.input_len} prompt + {args.output_len} generated tokens; "
         f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
         f"weights {weight_bytes(model_dir) / 1e9:.2f} GB, "
         f"batch-1 roofline {roofline:.0f} tok/s per GPU\n\n"
         + table(
-            ["TP", "batch", "loraplex tok/s", "transformers tok/s", "ratio", "% of roofline"], rows
+            [
+                "TP",
+                "weights",
+                "batch",
+                "loraplex tok/s",
+                "transformers tok/s",
+                "ratio",
+                "% of bf16 roofline",
+            ],
+            rows,
         )
     )
     record("Offline throughput (base model)", body)

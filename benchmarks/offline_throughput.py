@@ -129,7 +129,8 @@ def main() -> None:
                 ]
             )
     body = (
-        f"{args.preset}, bf16 activations, {args.input_len} prompt + {args.output_len} generated tokens; "
+        f"{args.preset}, bf16 activations, {args.input_len} prompt + "
+        f"{args.output_len} generated tokens; "
         f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
         f"weights {weight_bytes(model_dir) / 1e9:.2f} GB, "
         f"batch-1 roofline {roofline:.0f} tok/s per GPU\n\n"

@@ -26,6 +26,7 @@ def describe_config(state: AppState) -> EngineConfigOut:
         tensor_parallel_size=config.parallel.tensor_parallel_size,
         max_num_seqs=config.scheduler.max_num_seqs,
         max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
+        async_scheduling=config.scheduler.async_scheduling,
         max_lora_rank=lora.max_lora_rank if lora is not None else 0,
         max_cpu_loras=lora.max_cpu_loras if lora is not None else None,
     )

@@ -219,6 +219,7 @@ class EngineConfigOut(BaseModel):
     tensor_parallel_size: int
     max_num_seqs: int  # sequences in one batch
     max_num_batched_tokens: int  # tokens in one step
+    async_scheduling: bool  # steps launched before the previous step's tokens are read
     max_lora_rank: int
     max_cpu_loras: int | None  # adapters kept in the engine's CPU memory
 

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     kv_cache_dtype: str = "auto"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_num_seqs: int = Field(default=64, ge=1)
+    # Launch each step before the previous step's tokens reach the host (off: one at a time).
+    async_scheduling: bool = True
     # GPU slots for adapters, and adapters the engine keeps in CPU memory.
     max_loras: int = Field(default=4, ge=1)
     max_cpu_loras: int | None = Field(default=None, ge=1)

@@ -77,6 +77,7 @@ def engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         kv_cache_dtype=settings.kv_cache_dtype,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_num_seqs=settings.max_num_seqs,
+        async_scheduling=settings.async_scheduling,
         enable_lora=True,
         max_loras=settings.max_loras,
         max_lora_rank=settings.max_lora_rank,

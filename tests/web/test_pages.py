@@ -50,6 +50,8 @@ def test_overview_shows_the_engine_as_the_admin_api_does(admin, api, web_platfor
     assert settings["dtype"] == engine["config"]["dtype"] == "float32"
     assert settings["device"] == "cpu"
     assert settings["max_model_len"] == "256"
+    assert engine["config"]["async_scheduling"] is True
+    assert settings["async_scheduling"] == "overlapped with the GPU"
     assert settings["max_loras"].startswith(str(engine["max_loras"]))
     slots = page.soup.select("[data-slot]")
     assert [int(s["data-slot"]) for s in slots] == list(range(engine["max_loras"]))

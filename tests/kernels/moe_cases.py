@@ -43,14 +43,15 @@ def make_moe_problem(
 ) -> MoEProblem:
     """Weights scaled by fan-in; routing as a softmax router does it (top-k of a softmax,
     renormalised), restricted to `experts_used` when given (the others get no tokens)."""
-    generator = torch.Generator().manual_seed(seed)
-    randn = lambda *shape: torch.randn(*shape, generator=generator)
+    # Drawn on the target device: Mixtral-sized experts are gigabytes, slow to draw on a CPU.
+    generator = torch.Generator(device=device).manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=generator, device=device)
     hidden = randn(num_tokens, hidden_size)
     w13 = randn(num_experts, 2 * inter, hidden_size) / hidden_size**0.5
     w2 = randn(num_experts, hidden_size, inter) / inter**0.5
     logits = randn(num_tokens, num_experts)
     if experts_used is not None:
-        allowed = torch.zeros(num_experts, dtype=torch.bool)
+        allowed = torch.zeros(num_experts, dtype=torch.bool, device=device)
         allowed[experts_used] = True
         logits = logits.masked_fill(~allowed, float("-inf"))
     weights, ids = logits.softmax(dim=-1).topk(top_k, dim=-1)

@@ -29,6 +29,7 @@ def _timed_phases(engine, steps: int) -> dict[str, float]:
     from loraplex.engine.sampling_batch import SamplingBatch
 
     runner = engine.model_runner
+    engine.flush()  # the phases below run one synchronous step at a time
     totals: dict[str, float] = {}
 
     def phase(name, fn):

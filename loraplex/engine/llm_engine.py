@@ -256,6 +256,12 @@ class LLMEngine:
                 outputs += self._finish(launched)
         return outputs
 
+    def flush(self) -> list[RequestOutput]:
+        """Read the step in flight, if any, and return its outputs: afterwards every
+        sequence's tokens are on the host (for callers that drive the model directly)."""
+        launched, self._in_flight = self._in_flight, None
+        return self._finish(launched) if launched is not None else []
+
     def _launch(self, batch: ScheduledBatch, previous: _Launched | None) -> _Launched:
         """Queue the batch's forward pass and sampling on the device."""
         lora_slots = None

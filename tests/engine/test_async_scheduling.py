@@ -224,3 +224,17 @@ def test_penalties_and_min_tokens_read_the_token_still_on_the_device(engines):
     [want] = synchronous.generate(PROMPTS[2], params)
     assert outputs[-1].outputs[0].token_ids == want.outputs[0].token_ids
     assert len(want.outputs[0].token_ids) >= 20
+
+
+def test_flush_reads_the_step_in_flight(engines):
+    overlapped, _ = engines
+    engine = overlapped.llm_engine
+    engine.add_request("flush", PROMPTS[1], SamplingParams(temperature=0, max_tokens=4))
+    engine.step()
+    seq = engine.requests["flush"].seqs[0]
+    assert seq.num_pending == 1
+    [output] = engine.flush()
+    assert seq.num_pending == 0 and len(output.outputs[0].token_ids) == 1
+    assert engine.flush() == []
+    while engine.has_unfinished_requests():
+        engine.step()

@@ -222,9 +222,7 @@ class ModelRunner:
         seq_of_token = np.repeat(np.arange(num_seqs), new)
         positions = np.arange(num_tokens, dtype=np.int64) + np.repeat(starts - cu_seqlens[:-1], new)
         total = np.fromiter((seq.num_tokens for seq in seqs), np.int64, num_seqs)
-        # Decode: every sequence computes exactly its last token.
-        decode = num_tokens == num_seqs and bool((ends == total).all())
-        input_ids, fill_rows, fill_from = _host_input_ids(seqs, starts, ends, cu_seqlens, decode)
+        input_ids, fill_rows, fill_from = _host_input_ids(seqs, starts, ends, cu_seqlens)
         if fill_rows.size and pending_tokens is None:
             raise RuntimeError("a sequence waits for a sampled token but none was passed")
         width = max(len(seq.block_table) for seq in seqs)
@@ -245,12 +243,12 @@ class ModelRunner:
         )
         narrow = self._to_device(np.concatenate(int32_parts).astype(np.int32))
         sizes = [num_tokens, num_tokens, num_tokens, len(logits_indices)]
-        wide_parts = _split(wide, [*sizes, fill_rows.size, fill_from.size])
+        wide_parts = wide.split([*sizes, fill_rows.size, fill_from.size])
         if fill_rows.size:
             wide_parts[0].index_copy_(
                 0, wide_parts[4], pending_tokens.index_select(0, wide_parts[5])
             )
-        narrow_parts = _split(narrow, [p.size for p in int32_parts])
+        narrow_parts = narrow.split([p.size for p in int32_parts])
         ctx = ForwardContext(
             slot_mapping=wide_parts[2],
             block_tables=narrow_parts[0].view(num_seqs, width),
@@ -301,37 +299,21 @@ class ModelRunner:
 
 
 def _host_input_ids(
-    seqs: list, starts: np.ndarray, ends: np.ndarray, cu_seqlens: np.ndarray, decode: bool
+    seqs: list, starts: np.ndarray, ends: np.ndarray, cu_seqlens: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(input ids known on the host, 0 where a token is pending; the rows of the pending
     tokens; the rows of the previous step's samples that hold them)."""
-    num_tokens = int(cu_seqlens[-1])
+    ids = np.zeros(int(cu_seqlens[-1]), dtype=np.int64)
     fill_rows: list[int] = []
     fill_from: list[int] = []
-    if decode:  # one token per sequence, its last
-        ids = np.empty(num_tokens, dtype=np.int64)
-        for row, seq in enumerate(seqs):
-            if seq.num_pending:
-                ids[row] = 0
-                fill_rows.append(row)
-                fill_from.append(seq.pending_row)
-            else:
-                ids[row] = seq.token_ids[-1]
-    else:
-        ids = np.zeros(num_tokens, dtype=np.int64)
-        for i, seq in enumerate(seqs):
-            start, end, offset = int(starts[i]), int(ends[i]), int(cu_seqlens[i])
-            known = seq.token_ids[start:end]
-            ids[offset : offset + len(known)] = known
-            if len(known) < end - start:  # the last one is the pending token
-                fill_rows.append(offset + end - start - 1)
-                fill_from.append(seq.pending_row)
+    for i, seq in enumerate(seqs):
+        start, end, offset = int(starts[i]), int(ends[i]), int(cu_seqlens[i])
+        known = seq.token_ids[start:end]
+        ids[offset : offset + len(known)] = known
+        if len(known) < end - start:  # the last one is the pending token
+            fill_rows.append(offset + end - start - 1)
+            fill_from.append(seq.pending_row)
     return ids, np.asarray(fill_rows, dtype=np.int64), np.asarray(fill_from, dtype=np.int64)
-
-
-def _split(flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """Consecutive views of `flat` with the given lengths."""
-    return list(flat.split(sizes))
 
 
 def _is_attention(module: torch.nn.Module) -> bool:

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from loraplex.kernels.launch_config import head_dim_bucket, launch_config, num_multiprocessors
 from loraplex.kernels.paged_kv import LOG2_E, attend_tile
+from loraplex.kernels.pdl import pdl_options, wait_for_previous
 from loraplex.kernels.reference import FP8_DTYPE
 
 
@@ -97,7 +98,9 @@ def _paged_decode_kernel(
     KV_FP8: tl.constexpr,
     USE_WINDOW: tl.constexpr,
     SPLIT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -223,7 +226,9 @@ def _decode_reduce_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
     KV_FP8: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     q_tok = tl.load(cu_seqlens_q_ptr + seq)
@@ -327,6 +332,7 @@ def paged_decode(
         SPLIT=split,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        **pdl_options(query.device),
     )
     if split:
         _decode_reduce_kernel[(num_seqs, num_heads)](
@@ -344,5 +350,6 @@ def paged_decode(
             BLOCK_D=block_d,
             BLOCK_S=triton.next_power_of_2(num_splits),
             KV_FP8=fp8,
+            **pdl_options(query.device),
         )
     return out

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from loraplex.kernels.pdl import pdl_options, wait_for_previous
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -28,7 +30,9 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < num_cols
@@ -83,5 +87,6 @@ def rms_norm(
             BLOCK=block,
             num_warps=min(max(block // 512, 1), 16),
             enable_fp_fusion=False,
+            **pdl_options(x.device),
         )
     return out if residual is None else (out, residual_out)

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from loraplex.kernels.pdl import pdl_options, wait_for_previous
+
 
 @triton.jit
 def _rotate(
@@ -58,7 +60,9 @@ def _rotary_kernel(
     BLOCK_HQ: tl.constexpr,
     BLOCK_HK: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     tok = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + tok)
     offs_d = tl.arange(0, BLOCK_HALF)
@@ -113,5 +117,6 @@ def rotary_embedding(
             BLOCK_HALF=triton.next_power_of_2(half),
             num_warps=4,
             enable_fp_fusion=False,
+            **pdl_options(q.device),
         )
     return q, k

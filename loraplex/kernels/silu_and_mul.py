@@ -9,11 +9,16 @@ import torch
 import triton
 import triton.language as tl
 
+from loraplex.kernels.pdl import pdl_options, wait_for_previous
+
 BLOCK = 1024
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, num_cols, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(
+    x_ptr, out_ptr, stride_x, stride_out, num_cols, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < num_cols
@@ -34,6 +39,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if num_rows:
         grid = (num_rows, triton.cdiv(num_cols, BLOCK))
         _silu_and_mul_kernel[grid](
-            x, out, x.stride(0), out.stride(0), num_cols, BLOCK=BLOCK, enable_fp_fusion=False
-        )
+            x, out, x.stride(0), out.stride(0), num_cols, BLOCK=BLOCK, enable_fp_fusion=False,
+            **pdl_options(x.device),
+        )  # fmt: skip
     return out

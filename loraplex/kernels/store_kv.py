@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from loraplex.kernels.paged_kv import checked_scale
+from loraplex.kernels.pdl import pdl_options, wait_for_previous
 from loraplex.kernels.reference import FP8_DTYPE
 
 CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, FP8_DTYPE)
@@ -39,7 +40,9 @@ def _store_kv_kernel(
     PAGE_SIZE: tl.constexpr,
     KV_FP8: tl.constexpr,
     FP8_MAX_VALUE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     tok = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + tok)
     if slot < 0:
@@ -149,4 +152,5 @@ def store_kv(
         KV_FP8=fp8,
         FP8_MAX_VALUE=FP8_MAX,
         num_warps=4 if block_h * block_d >= 1024 else 1,
+        **pdl_options(key.device),
     )

@@ -1,7 +1,7 @@
-"""Decode-sized linear layers on the GPU: the fused quantize-and-multiply Triton kernel
-(`fp8_gemv`) over a sweep of its block sizes, beside `torch._scaled_mm` (with the per-token
-quantization it needs), the bf16 `F.linear` (cuBLAS) it replaces and the plain Triton `gemv`
-on the bf16 weights, for Llama-3-8B shapes.
+"""Decode-sized linear layers on the GPU: the Triton GEMV in both variants (CUDA cores, tensor
+cores) over a sweep of block sizes, in bf16 against `F.linear` (cuBLAS) and with fp8 weights
+(quantizing the activations itself) against `torch._scaled_mm` with the per-token
+quantization it needs, for Llama-3-8B shapes.
 
 Each case prints time per call and the fraction of the measured copy bandwidth that reading the
 weight once achieves (the floor for a memory-bound layer), then the best block sizes, to be
@@ -14,18 +14,26 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 
 import torch
 import torch.nn.functional as F
 from bench_common import record, table
 from kernel_timing import copy_bandwidth, fill_random_, rotation_count, time_per_call
 
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+SHAPES = {
+    "qkv": (6144, 4096),
+    "o": (4096, 4096),
+    "gate_up": (28672, 4096),
+    "down": (4096, 14336),
+    "lm_head": (128256, 4096),
+}
 
 
-def sweep(configs, weights, call, totals) -> tuple[float, dict]:
+def sweep(configs, weights, call, *totals) -> tuple[float, dict]:
     """(best seconds per call, its config) over `configs`, each timed over the rotating
-    `weights`; adds every config's time to `totals` (to pick one config for all cases)."""
+    `weights`; adds every config's time to each of `totals` (to pick one config for many
+    cases)."""
     timings = []
     for cfg in configs:
         try:
@@ -35,40 +43,76 @@ def sweep(configs, weights, call, totals) -> tuple[float, dict]:
             continue
         timings.append((t, cfg))
         key = tuple(sorted(cfg.items()))
-        totals[key] = totals.get(key, 0.0) + t
+        for total in totals:
+            total[key] = total.get(key, 0.0) + t
     return min(timings, key=lambda item: item[0])
+
+
+def configs_for(quick: bool) -> dict[str, list[dict]]:
+    """Block sizes per kernel variant: CUDA-core tiles keep a float32 partial sum per element
+    of [rows, block_n, block_k], so they stay at 4K-16K elements; tensor-core tiles are
+    [block_n, block_k] weights against 16 padded rows."""
+    fma_tiles = [(8, 512), (8, 1024), (16, 256), (16, 512), (16, 1024), (32, 256), (32, 512)]
+    dot_tiles = [(n, k) for n in (16, 32, 64) for k in (128, 256, 512)]
+    stages = [3, 5] if quick else [2, 3, 4, 5, 6]
+    warps = [4] if quick else [2, 4, 8]
+    return {
+        name: [
+            {"max_m": 4, "block_n": n, "block_k": k, "num_warps": w, "num_stages": s,
+             "tensor_cores": name == "dot"}
+            for (n, k), s, w in itertools.product(tiles, stages, warps)
+        ]
+        for name, tiles in (("fma", fma_tiles), ("dot", dot_tiles))
+    }  # fmt: skip
+
+
+def describe(cfg: dict) -> str:
+    kind = "dot" if cfg["tensor_cores"] else "fma"
+    return f"{kind} n{cfg['block_n']} k{cfg['block_k']} s{cfg['num_stages']} w{cfg['num_warps']}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default="1,4")
     parser.add_argument("--quick", action="store_true", help="fewer block sizes")
+    parser.add_argument(
+        "--write-config", action="store_true", help="keep the fastest configs in the GPU's table"
+    )
     args = parser.parse_args()
 
     from loraplex.kernels.fp8_linear import fp8_gemv, quantize_per_token
     from loraplex.kernels.gemv import gemv
 
     bandwidth = copy_bandwidth()
-    # (block_n, block_k): the kernel keeps a float32 partial sum per element of its
-    # [rows, block_n, block_k] tile, so the tile is kept at 4K-16K elements.
-    tiles = [(8, 512), (8, 1024), (8, 2048), (16, 256), (16, 512), (16, 1024), (32, 256), (32, 512)]
-    stages = [4] if args.quick else [2, 3, 4]
-    warps = [4] if args.quick else [4, 8]
-    configs = [
-        {"max_m": 4, "block_n": n, "block_k": k, "num_warps": w, "num_stages": s}
-        for (n, k), s, w in itertools.product(tiles, stages, warps)
-    ]
-    rows_out, best_totals, best_gemv_totals = [], {}, {}
-    for rows in [int(r) for r in args.rows.split(",")]:
+    variants = configs_for(args.quick)
+    all_configs = variants["fma"] + variants["dot"]
+    row_counts = [int(r) for r in args.rows.split(",")]
+    rows_out, totals = [], {"fp8": {}, "bf16": {}}
+    per_rows = {rows: {"bf16": {}, "cublas": 0.0} for rows in row_counts}
+    for rows in row_counts:
         for name, (n, k) in SHAPES.items():
-            copies = rotation_count(n * k)
-            weights = [fill_random_(torch.empty(n, k, dtype=torch.float8_e4m3fn, device="cuda"))
-                       for _ in range(copies)]  # fmt: skip
             bf16 = [fill_random_(torch.empty(n, k, dtype=torch.bfloat16, device="cuda"))
                     for _ in range(rotation_count(2 * n * k))]  # fmt: skip
-            scale = torch.rand(n, device="cuda") + 0.5
             x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
             floor = n * k / bandwidth
+            t_bf16 = time_per_call([lambda w=w, x=x: F.linear(x, w) for w in bf16])
+
+            def bf16_call(w, cfg, x=x):
+                return gemv(x, w, config=cfg)
+
+            t_gemv, cfg_gemv = sweep(all_configs, bf16, bf16_call, totals["bf16"],
+                                     per_rows[rows]["bf16"])  # fmt: skip
+            per_rows[rows]["cublas"] += t_bf16
+            del bf16
+            row = [rows, name, t_bf16 * 1e6, f"{2 * floor / t_bf16:.0%}", t_gemv * 1e6,
+                   f"{2 * floor / t_gemv:.0%}", describe(cfg_gemv)]  # fmt: skip
+            if name == "lm_head":  # stays bf16 under quantization="fp8"
+                rows_out.append(row + ["", "", "", "", "", ""])
+                print(rows_out[-1], flush=True)
+                continue
+            weights = [fill_random_(torch.empty(n, k, dtype=torch.float8_e4m3fn, device="cuda"))
+                       for _ in range(rotation_count(n * k))]  # fmt: skip
+            scale = torch.rand(n, device="cuda") + 0.5
 
             def scaled_mm(w, x=x, scale=scale):
                 q, s = quantize_per_token(x)
@@ -76,52 +120,61 @@ def main() -> None:
                     q, w.t(), scale_a=s, scale_b=scale.view(1, -1), out_dtype=x.dtype
                 )
 
-            t_scaled = time_per_call([lambda w=w: scaled_mm(w) for w in weights])
-            t_bf16 = time_per_call([lambda w=w, x=x: F.linear(x, w) for w in bf16])
-
             def fp8_call(w, cfg, x=x, scale=scale):
                 return fp8_gemv(x, w, scale, config=cfg)
 
-            def bf16_call(w, cfg, x=x):
-                return gemv(x, w, config=cfg)
-
-            t_best, cfg_best = sweep(configs, weights, fp8_call, best_totals)
-            t_gemv, _ = sweep(configs, bf16, bf16_call, best_gemv_totals)
-            rows_out.append([
-                rows, name, t_best * 1e6, f"{floor / t_best:.0%}", t_scaled * 1e6,
-                f"{floor / t_scaled:.0%}", t_bf16 * 1e6, f"{2 * floor / t_bf16:.0%}",
-                t_gemv * 1e6, f"{2 * floor / t_gemv:.0%}", f"{t_bf16 / t_best:.2f}x",
-                f"n{cfg_best['block_n']} k{cfg_best['block_k']} s{cfg_best['num_stages']} "
-                f"w{cfg_best['num_warps']}",
+            t_scaled = time_per_call([lambda w=w: scaled_mm(w) for w in weights])
+            t_best, cfg_best = sweep(all_configs, weights, fp8_call, totals["fp8"])
+            del weights
+            rows_out.append(row + [
+                t_scaled * 1e6, f"{floor / t_scaled:.0%}", t_best * 1e6,
+                f"{floor / t_best:.0%}", describe(cfg_best), f"{t_bf16 / t_best:.2f}x",
             ])  # fmt: skip
             print(rows_out[-1], flush=True)
-            del weights, bf16
-    overall = min(best_totals.items(), key=lambda item: item[1])
-    overall_gemv = min(best_gemv_totals.items(), key=lambda item: item[1])
+    headers = ["rows", "layer", "bf16 cuBLAS us", "%", "bf16 triton us", "%", "best bf16 blocks",
+               "fp8 _scaled_mm us", "%", "fp8 triton us", "%", "best fp8 blocks",
+               "cuBLAS bf16 / triton fp8"]  # fmt: skip
+    lines = []
+    for dtype, spent in totals.items():
+        for variant in ("fma", "dot"):
+            mine = [
+                (t, key)
+                for key, t in spent.items()
+                if dict(key)["tensor_cores"] == (variant == "dot")
+            ]
+            if mine:
+                lines.append(f"{dtype} {variant}: {describe(dict(min(mine)[1]))}")
     body = (
         f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; % = weight bytes read once / time / "
-        f"copy bandwidth\n\n"
-        + table(
-            [
-                "rows",
-                "layer",
-                "triton fp8 us",
-                "%",
-                "_scaled_mm us",
-                "%",
-                "bf16 cuBLAS us",
-                "%",
-                "bf16 triton GEMV us",
-                "%",
-                "bf16 cuBLAS / fp8",
-                "best blocks",
-            ],
-            rows_out,
-        )  # fmt: skip
-        + f"\n\nbest single fp8_gemv config over all cases: {dict(overall[0])}"
-        + f"\nbest single gemv (bf16) config over all cases: {dict(overall_gemv[0])}"
+        f"copy bandwidth; fma = CUDA-core GEMV, dot = tensor-core (swapped operands) GEMV\n\n"
+        + table(headers, rows_out)
+        + "\n\nbest single config over all cases (the one to keep per GPU):\n"
+        + "\n".join(f"- {line}" for line in lines)
     )
-    record("FP8 linear at decode batch sizes", body)
+    record("Linear layers at decode batch sizes (bf16 and FP8)", body)
+    if args.write_config:
+        write_config(totals, per_rows)
+
+
+def write_config(totals: dict, per_rows: dict) -> None:
+    """Keep the fastest single config of each kernel in this GPU's table; the engine's bf16
+    linears use the GEMV up to the largest row count at which it beat cuBLAS on the sum of
+    all layers."""
+    from kernel_tuning import CONFIG_DIR
+
+    from loraplex.kernels.launch_config import device_table_name
+
+    path = CONFIG_DIR / f"{device_table_name(torch.device('cuda'))}.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    max_m = max(per_rows)
+    best_bf16 = min(totals["bf16"], key=totals["bf16"].get)
+    faster = [r for r, t in per_rows.items() if t["bf16"][best_bf16] < t["cublas"]]
+    stored["fp8_gemv"] = {"default": {**dict(min(totals["fp8"], key=totals["fp8"].get)),
+                                      "max_m": max_m}}  # fmt: skip
+    stored["gemv"] = {"default": {**dict(best_bf16), "max_m": max_m,
+                                  "linear_max_m": max(faster, default=0)}}  # fmt: skip
+    path.write_text(json.dumps(stored, indent=1) + "\n")
+    print(f"wrote {path}: fp8_gemv {stored['fp8_gemv']}, gemv {stored['gemv']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,24 @@ def _activity():
     return kinds.CUDA if torch.cuda.is_available() else kinds.CPU
 
 
+def _kernel_table(fn, limit: int) -> tuple[list[list], int, float]:
+    """(rows of kernel name, launches, ms, share; total launches; total us) of one call."""
+    with torch.profiler.profile(activities=[_activity()]) as prof:
+        fn()
+        _sync()
+    kernels = sorted(
+        (e for e in prof.key_averages() if e.device_time_total > 0),
+        key=lambda e: e.device_time_total,
+        reverse=True,
+    )
+    total_us = sum(e.device_time_total for e in kernels)
+    rows = [
+        [e.key[:60], e.count, e.device_time_total / 1e3, f"{e.device_time_total / total_us:.0%}"]
+        for e in kernels[:limit]
+    ]
+    return rows, sum(e.count for e in kernels), total_us
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="/tmp/loraplex-llama3-8b")
@@ -151,23 +169,13 @@ def main() -> None:
     hidden = eager()
     logits_ms = _device_ms(lambda: runner.model.compute_logits(hidden[model_input.logits_indices]))
 
-    with torch.profiler.profile(activities=[_activity()]) as prof:
-        eager()
-        _sync()
-    kernels = sorted(
-        (e for e in prof.key_averages() if e.device_time_total > 0),
-        key=lambda e: e.device_time_total,
-        reverse=True,
-    )
-    total_us = sum(e.device_time_total for e in kernels)
-    kernel_rows = [
-        [e.key[:60], e.count, e.device_time_total / 1e3, f"{e.device_time_total / total_us:.0%}"]
-        for e in kernels[: args.kernels]
-    ]
-    num_launches = sum(e.count for e in kernels)
-
+    kernel_rows, num_launches, total_us = _kernel_table(eager, args.kernels)
     print(table(["kernel (eager forward)", "launches", "ms", "share"], kernel_rows))
     print(f"\n{num_launches} kernel launches, {total_us / 1e3:.2f} ms of kernels per forward\n")
+    if graph_ms == graph_ms:  # a graph ran: its kernels, timed inside the replay
+        kernel_rows, num_launches, total_us = _kernel_table(replay, args.kernels)
+        print(table(["kernel (graph replay)", "launches", "ms", "share"], kernel_rows))
+        print(f"\n{num_launches} kernels, {total_us / 1e3:.2f} ms of kernels per replay\n")
     rows = [[name, ms] for name, ms in phases.items()]
     rows.append(["sum of phases", sum(phases.values())])
     rows.append(["engine.step (no syncs)", step_ms])

@@ -16,25 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from loraplex.kernels.gemv import _quantize, launch_gemv
+from loraplex.kernels.gemv import _quantize, _row_scales, launch_gemv
 from loraplex.kernels.launch_config import launch_config
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max
 MIN_SCALE = 1e-12  # a row of zeros still needs a positive scale
-
-
-@triton.jit
-def _row_scales(x_ptr, stride_xm, offs_m, m_mask, K, BLOCK_K: tl.constexpr, FP8_MAX_VALUE, MIN):
-    """Per-row max |x| / FP8_MAX (at least MIN) over all K columns, float32 [BLOCK_M]."""
-    offs_k = tl.arange(0, BLOCK_K)
-    amax = tl.zeros([offs_m.shape[0]], dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
-        kk = k + offs_k
-        mask = m_mask[:, None] & (kk[None, :] < K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=mask, other=0.0)
-        amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
-    return tl.maximum(tl.math.div_rn(amax, FP8_MAX_VALUE), MIN)
 
 
 @triton.jit

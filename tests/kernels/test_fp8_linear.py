@@ -8,8 +8,11 @@ import torch
 
 from loraplex.engine.layers.fp8 import quantize_rows
 from loraplex.kernels.fp8_linear import FP8_DTYPE, fp8_gemv, quantize_per_token
+from loraplex.kernels.launch_config import launch_config
 
-CPU_CONFIG = {"max_m": 4, "block_n": 16, "block_k": 32, "num_warps": 4, "num_stages": 1}
+CUDA_CORES = {"max_m": 4, "block_n": 16, "block_k": 32, "num_warps": 4, "num_stages": 1}
+TENSOR_CORES = {**CUDA_CORES, "tensor_cores": True}
+CPU_CONFIGS = pytest.mark.parametrize("config", [CUDA_CORES, TENSOR_CORES], ids=["fma", "dot"])
 
 
 def _exact_activations(rows, k, dtype, device, seed):
@@ -52,29 +55,32 @@ def test_quantize_per_token_equals_quantize_rows(dtype, rows):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(("rows", "n", "k"), [(1, 40, 64), (3, 16, 100), (4, 33, 32), (2, 7, 300)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_gemv_matches_reference(dtype, rows, n, k, with_bias):
+@CPU_CONFIGS
+def test_gemv_matches_reference(dtype, rows, n, k, with_bias, config):
     x = _exact_activations(rows, k, dtype, "cpu", seed=n)
     weight, weight_scale = _weights(n, k, "cpu", seed=k)
     bias = torch.randn(n).to(dtype) if with_bias else None
-    got = fp8_gemv(x, weight, weight_scale, bias, config=CPU_CONFIG)
+    got = fp8_gemv(x, weight, weight_scale, bias, config=config)
     assert got.dtype == dtype and got.shape == (rows, n)
     want = _reference(x, weight, weight_scale, bias)
     torch.testing.assert_close(got.float(), want, rtol=2e-3, atol=2e-3)
 
 
-def test_gemv_refuses_what_it_cannot_do():
+@CPU_CONFIGS
+def test_gemv_refuses_what_it_cannot_do(config):
     weight, weight_scale = _weights(8, 32, "cpu", seed=0)
     with pytest.raises(ValueError, match="at most 4 rows"):
-        fp8_gemv(torch.ones(5, 32), weight, weight_scale, config=CPU_CONFIG)
+        fp8_gemv(torch.ones(5, 32), weight, weight_scale, config=config)
     with pytest.raises(ValueError, match="fp8"):
-        fp8_gemv(torch.ones(2, 32), weight.float(), weight_scale, config=CPU_CONFIG)
+        fp8_gemv(torch.ones(2, 32), weight.float(), weight_scale, config=config)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 3, 4])
-@pytest.mark.parametrize(("n", "k"), [(6144, 4096), (4096, 14336), (1000, 4096)])
-def test_fp8_kernels_gpu(dtype, rows, n, k):
+@pytest.mark.parametrize(("n", "k"), [(6144, 4096), (4096, 14336), (1008, 4000)])
+@pytest.mark.parametrize("tensor_cores", [False, True])
+def test_fp8_kernels_gpu(dtype, rows, n, k, tensor_cores):
     generator = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, k, generator=generator).to(dtype).cuda()
     weight, weight_scale = _weights(n, k, "cuda", seed=n)
@@ -83,7 +89,8 @@ def test_fp8_kernels_gpu(dtype, rows, n, k):
     torch.testing.assert_close(scale, want_scale, rtol=0, atol=0)
     assert torch.equal(q.float(), want_q.float())
     bias = torch.randn(n, generator=generator).to(dtype).cuda()
-    got = fp8_gemv(x, weight, weight_scale, bias)
+    config = {**launch_config("fp8_gemv", "default", x.device), "tensor_cores": tensor_cores}
+    got = fp8_gemv(x, weight, weight_scale, bias, config=config)
     want = _reference(x, weight, weight_scale, bias)
     assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
     scaled = torch._scaled_mm(

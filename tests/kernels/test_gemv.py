@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from loraplex.kernels.gemv import gemv
+from loraplex.kernels.launch_config import launch_config
 
-CPU_CONFIG = {"max_m": 4, "block_n": 16, "block_k": 32, "num_warps": 4, "num_stages": 1}
+CUDA_CORES = {"max_m": 4, "block_n": 16, "block_k": 32, "num_warps": 4, "num_stages": 1}
+TENSOR_CORES = {**CUDA_CORES, "tensor_cores": True}
+CPU_CONFIGS = pytest.mark.parametrize("config", [CUDA_CORES, TENSOR_CORES], ids=["fma", "dot"])
 
 
 def _problem(rows, n, k, dtype, device, seed):
@@ -22,10 +25,11 @@ def _problem(rows, n, k, dtype, device, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(("rows", "n", "k"), [(1, 40, 64), (3, 16, 100), (4, 33, 300)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_gemv_matches_matmul(dtype, rows, n, k, with_bias):
+@CPU_CONFIGS
+def test_gemv_matches_matmul(dtype, rows, n, k, with_bias, config):
     x, weight, bias = _problem(rows, n, k, dtype, "cpu", seed=n + k)
     bias = bias if with_bias else None
-    got = gemv(x, weight, bias, config=CPU_CONFIG)
+    got = gemv(x, weight, bias, config=config)
     want = torch.nn.functional.linear(
         x.float(), weight.float(), None if bias is None else bias.float()
     )
@@ -34,20 +38,44 @@ def test_gemv_matches_matmul(dtype, rows, n, k, with_bias):
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
 
 
-def test_gemv_refuses_too_many_rows_and_mixed_dtypes():
+@CPU_CONFIGS
+def test_gemv_refuses_too_many_rows_and_mixed_dtypes(config):
     x, weight, _ = _problem(5, 8, 32, torch.float32, "cpu", seed=0)
     with pytest.raises(ValueError, match="at most 4 rows"):
-        gemv(x, weight, config=CPU_CONFIG)
+        gemv(x, weight, config=config)
     with pytest.raises(ValueError, match="weight is torch.float16"):
-        gemv(x[:1], weight.half(), config=CPU_CONFIG)
+        gemv(x[:1], weight.half(), config=config)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 4])
-@pytest.mark.parametrize(("n", "k"), [(6144, 4096), (4096, 14336), (1000, 4096)])
-def test_gemv_gpu(dtype, rows, n, k):
+@pytest.mark.parametrize(("n", "k"), [(6144, 4096), (4096, 14336), (1000, 4000)])
+@pytest.mark.parametrize("tensor_cores", [False, True])
+def test_gemv_gpu(dtype, rows, n, k, tensor_cores):
     x, weight, bias = _problem(rows, n, k, dtype, "cuda", seed=rows)
-    got = gemv(x, weight, bias)
+    config = {**launch_config("gemv", "default", x.device), "tensor_cores": tensor_cores}
+    got = gemv(x, weight, bias, config=config)
     want = torch.nn.functional.linear(x.float(), weight.float(), bias.float())
     assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+def test_engine_linears_use_the_gemv_up_to_the_configured_rows(monkeypatch):
+    import loraplex.kernels.gemv as gemv_module
+    from loraplex.engine.layers.linear import dense_linear
+
+    calls = []
+
+    def spy(x, weight, bias=None, config=None):
+        calls.append(x.shape[0])
+        return gemv(x, weight, bias, config)
+
+    monkeypatch.setattr(gemv_module, "gemv", spy)
+    monkeypatch.setattr(gemv_module, "linear_row_limit", lambda device: 2)
+    x, weight, bias = _problem(4, 256, 512, torch.bfloat16, "cuda", seed=0)
+    for rows in (1, 2, 3):
+        got = dense_linear(x[:rows], weight, bias)
+        want = torch.nn.functional.linear(x[:rows].float(), weight.float(), bias.float())
+        assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
+    assert calls == [1, 2]

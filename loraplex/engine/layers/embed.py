@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loraplex.engine.distributed import all_reduce, gather_last_dim, tp_rank, tp_size
+from loraplex.engine.layers.linear import dense_linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -38,7 +39,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Float32 logits over the whole vocabulary for `hidden` [N, H]. With several ranks
         only rank 0 (which samples) receives them; the others return None."""
-        logits = F.linear(hidden, self.weight)
+        logits = dense_linear(hidden, self.weight, None)
         if self.tp_size > 1:
             logits = gather_last_dim(logits, self.tp_rank, self.tp_size)
             if logits is None:

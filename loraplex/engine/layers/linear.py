@@ -83,11 +83,22 @@ class LinearBase(nn.Module):
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.weight_scale is None:
-            return F.linear(x, self.weight, bias)
+            return dense_linear(x, self.weight, bias)
         return fp8_linear(x, self.weight, self.weight_scale, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.bias)
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T (+ bias). Decode-sized batches on a GPU whose config names a
+    `linear_max_m` go to the Triton GEMV, where it was measured faster than the library GEMM."""
+    if x.is_cuda and x.dim() == 2 and x.dtype in (torch.bfloat16, torch.float16):
+        from loraplex.kernels.gemv import gemv, linear_row_limit
+
+        if x.shape[0] <= linear_row_limit(x.device):
+            return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -30,22 +30,19 @@ SHAPES = {
 }
 
 
-def sweep(configs, weights, call, *totals) -> tuple[float, dict]:
-    """(best seconds per call, its config) over `configs`, each timed over the rotating
-    `weights`; adds every config's time to each of `totals` (to pick one config for many
-    cases)."""
-    timings = []
+def sweep(configs, weights, call) -> tuple[float, dict, dict]:
+    """(best seconds per call, its config, seconds of every config by its key) over
+    `configs`, each timed over the rotating `weights`."""
+    timings = {}
     for cfg in configs:
         try:
             t = time_per_call([lambda w=w, cfg=cfg: call(w, cfg) for w in weights])
         except Exception as error:  # a block size the compiler cannot fit
-            print(f"skip {cfg}: {type(error).__name__}", flush=True)
+            print(f"skip {describe(cfg)}: {type(error).__name__}: {str(error)[:200]}", flush=True)
             continue
-        timings.append((t, cfg))
-        key = tuple(sorted(cfg.items()))
-        for total in totals:
-            total[key] = total.get(key, 0.0) + t
-    return min(timings, key=lambda item: item[0])
+        timings[tuple(sorted(cfg.items()))] = t
+    key = min(timings, key=timings.get)
+    return timings[key], dict(key), timings
 
 
 def configs_for(quick: bool) -> dict[str, list[dict]]:
@@ -87,8 +84,9 @@ def main() -> None:
     variants = configs_for(args.quick)
     all_configs = variants["fma"] + variants["dot"]
     row_counts = [int(r) for r in args.rows.split(",")]
-    rows_out, totals = [], {"fp8": {}, "bf16": {}}
-    per_rows = {rows: {"bf16": {}, "cublas": 0.0} for rows in row_counts}
+    rows_out = []
+    # seconds by dtype ("bf16", "fp8", "cublas"), (n, k), rows (and config key)
+    spent: dict[str, dict] = {"bf16": {}, "fp8": {}, "cublas": {}}
     for rows in row_counts:
         for name, (n, k) in SHAPES.items():
             bf16 = [fill_random_(torch.empty(n, k, dtype=torch.bfloat16, device="cuda"))
@@ -100,9 +98,10 @@ def main() -> None:
             def bf16_call(w, cfg, x=x):
                 return gemv(x, w, config=cfg)
 
-            t_gemv, cfg_gemv = sweep(all_configs, bf16, bf16_call, totals["bf16"],
-                                     per_rows[rows]["bf16"])  # fmt: skip
-            per_rows[rows]["cublas"] += t_bf16
+            t_gemv, cfg_gemv, spent["bf16"].setdefault((n, k), {})[rows] = sweep(
+                all_configs, bf16, bf16_call
+            )
+            spent["cublas"].setdefault((n, k), {})[rows] = t_bf16
             del bf16
             row = [rows, name, t_bf16 * 1e6, f"{2 * floor / t_bf16:.0%}", t_gemv * 1e6,
                    f"{2 * floor / t_gemv:.0%}", describe(cfg_gemv)]  # fmt: skip
@@ -124,7 +123,9 @@ def main() -> None:
                 return fp8_gemv(x, w, scale, config=cfg)
 
             t_scaled = time_per_call([lambda w=w: scaled_mm(w) for w in weights])
-            t_best, cfg_best = sweep(all_configs, weights, fp8_call, totals["fp8"])
+            t_best, cfg_best, spent["fp8"].setdefault((n, k), {})[rows] = sweep(
+                all_configs, weights, fp8_call
+            )
             del weights
             rows_out.append(row + [
                 t_scaled * 1e6, f"{floor / t_scaled:.0%}", t_best * 1e6,
@@ -134,47 +135,66 @@ def main() -> None:
     headers = ["rows", "layer", "bf16 cuBLAS us", "%", "bf16 triton us", "%", "best bf16 blocks",
                "fp8 _scaled_mm us", "%", "fp8 triton us", "%", "best fp8 blocks",
                "cuBLAS bf16 / triton fp8"]  # fmt: skip
-    lines = []
-    for dtype, spent in totals.items():
-        for variant in ("fma", "dot"):
-            mine = [
-                (t, key)
-                for key, t in spent.items()
-                if dict(key)["tensor_cores"] == (variant == "dot")
-            ]
-            if mine:
-                lines.append(f"{dtype} {variant}: {describe(dict(min(mine)[1]))}")
+    choice = {dtype: best_configs(spent[dtype]) for dtype in ("bf16", "fp8")}
+    lines = [
+        f"{dtype} {shape}: {describe(cfg)}"
+        for dtype, (default, per_shape) in choice.items()
+        for shape, cfg in [("all layers", default), *per_shape.items()]
+    ]
     body = (
         f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; % = weight bytes read once / time / "
         f"copy bandwidth; fma = CUDA-core GEMV, dot = tensor-core (swapped operands) GEMV\n\n"
         + table(headers, rows_out)
-        + "\n\nbest single config over all cases (the one to keep per GPU):\n"
+        + "\n\nfastest configs (summed over row counts), kept per GPU with --write-config:\n"
         + "\n".join(f"- {line}" for line in lines)
     )
     record("Linear layers at decode batch sizes (bf16 and FP8)", body)
     if args.write_config:
-        write_config(totals, per_rows)
+        write_config(choice, spent)
 
 
-def write_config(totals: dict, per_rows: dict) -> None:
-    """Keep the fastest single config of each kernel in this GPU's table; the engine's bf16
-    linears use the GEMV up to the largest row count at which it beat cuBLAS on the sum of
-    all layers."""
+def _summed(timings_by_rows: dict) -> dict:
+    """{config key: seconds summed over row counts} for the configs timed at every count."""
+    keys = set.intersection(*(set(t) for t in timings_by_rows.values()))
+    return {key: sum(t[key] for t in timings_by_rows.values()) for key in keys}
+
+
+def best_configs(by_shape: dict) -> tuple[dict, dict]:
+    """(the fastest config over all shapes, {(n, k): the fastest for that shape})."""
+    per_shape = {shape: _summed(by_rows) for shape, by_rows in by_shape.items()}
+    keys = set.intersection(*(set(t) for t in per_shape.values()))
+    overall = min(keys, key=lambda key: sum(t[key] for t in per_shape.values()))
+    return dict(overall), {shape: dict(min(t, key=t.get)) for shape, t in per_shape.items()}
+
+
+def write_config(choice: dict, spent: dict) -> None:
+    """Keep the fastest configs in this GPU's table, overall ("default") and per weight shape
+    ("NxK"); the engine's bf16 linears use the GEMV up to the largest row count at which the
+    per-shape configs beat cuBLAS on the sum of all layers."""
     from kernel_tuning import CONFIG_DIR
 
     from loraplex.kernels.launch_config import device_table_name
 
     path = CONFIG_DIR / f"{device_table_name(torch.device('cuda'))}.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
-    max_m = max(per_rows)
-    best_bf16 = min(totals["bf16"], key=totals["bf16"].get)
-    faster = [r for r, t in per_rows.items() if t["bf16"][best_bf16] < t["cublas"]]
-    stored["fp8_gemv"] = {"default": {**dict(min(totals["fp8"], key=totals["fp8"].get)),
-                                      "max_m": max_m}}  # fmt: skip
-    stored["gemv"] = {"default": {**dict(best_bf16), "max_m": max_m,
-                                  "linear_max_m": max(faster, default=0)}}  # fmt: skip
+    row_counts = sorted(next(iter(spent["cublas"].values())))
+    _, bf16_shapes = choice["bf16"]
+    faster = [
+        rows
+        for rows in row_counts
+        if sum(spent["bf16"][shape][rows][tuple(sorted(cfg.items()))]
+               for shape, cfg in bf16_shapes.items())
+        < sum(by_rows[rows] for by_rows in spent["cublas"].values())
+    ]  # fmt: skip
+    for op, dtype in (("fp8_gemv", "fp8"), ("gemv", "bf16")):
+        default, per_shape = choice[dtype]
+        entries = {"default": default} | {f"{n}x{k}": cfg for (n, k), cfg in per_shape.items()}
+        stored[op] = {key: {**cfg, "max_m": row_counts[-1]} for key, cfg in entries.items()}
+    stored["gemv"]["default"]["linear_max_m"] = max(faster, default=0)
     path.write_text(json.dumps(stored, indent=1) + "\n")
-    print(f"wrote {path}: fp8_gemv {stored['fp8_gemv']}, gemv {stored['gemv']}", flush=True)
+    print(
+        f"wrote {path}: {json.dumps({op: stored[op] for op in ('fp8_gemv', 'gemv')})}", flush=True
+    )
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def peft_throughput(model_dir: str, adapters: list[Path], batch: int, in_len: in
     return tok_s
 
 
-def loraplex_throughput(model_dir: str, requests: list, args) -> dict[int, float]:
+def loraplex_throughput(model_dir: str, requests: list, args) -> dict[tuple[int, int], float]:
+    """{(batch, distinct adapters): generated tokens/s}."""
     from loraplex import LLM, SamplingParams
 
     slots = max(len(requests), 1)
@@ -104,24 +105,26 @@ def loraplex_throughput(model_dir: str, requests: list, args) -> dict[int, float
         max_loras=slots,
         max_cpu_loras=slots,
         max_lora_rank=args.rank,
-        max_num_seqs=args.batch,
+        max_num_seqs=max(args.batch),
         gpu_memory_utilization=0.85,
         quantization=args.quantization,
+        tensor_parallel_size=args.tp,
     )
     for request in requests:
         llm.llm_engine.add_lora(request)
     vocab = llm.llm_engine.config.model.vocab_size
     params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
-    prompts = random_prompts(args.batch, args.input_len, vocab)
     results = {}
-    for k in args.adapters:
-        loras = [requests[i % k] if k else None for i in range(args.batch)]
+    for batch, k in ((batch, k) for batch in args.batch for k in args.adapters):
+        prompts = random_prompts(batch, args.input_len, vocab)
+        loras = [requests[i % k] if k else None for i in range(batch)]
         # The whole batch, briefly: loads every adapter into its slot and compiles the
         # kernels for these shapes before the timed run.
         llm.generate(prompts, SamplingParams(max_tokens=2, ignore_eos=True), loras)
-        seconds = timed(lambda loras=loras: llm.generate(prompts, params, loras))
-        results[k] = args.batch * args.output_len / seconds
-        print(f"loraplex {k} adapters: {results[k]:.1f} tok/s", flush=True)
+        seconds = timed(lambda prompts=prompts, loras=loras: llm.generate(prompts, params, loras))
+        results[batch, k] = batch * args.output_len / seconds
+        print(f"loraplex batch {batch}, {k} adapters: {results[batch, k]:.1f} tok/s", flush=True)
+    llm.llm_engine.shutdown()
     return results
 
 
@@ -130,7 +133,8 @@ def main() -> None:
     parser.add_argument("--model", default="/tmp/loraplex-llama3-8b")
     parser.add_argument("--preset", default="llama3-8b")
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=ints, default=[256], help="batch sizes, comma-separated")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     parser.add_argument("--adapters", type=ints, default=[0, 1, 8, 32, 128])
     parser.add_argument(
         "--distinct-files",
@@ -163,23 +167,21 @@ def main() -> None:
         peft = peft_throughput(
             model_dir, folders[:8], args.peft_batch, args.input_len, args.peft_output_len
         )
-    base = results.get(0)
-    rows = [
-        [
-            k or "base",
-            args.batch,
-            tok_s,
-            f"{tok_s / base:.0%}" if base else "-",
+    rows = []
+    for (batch, k), tok_s in results.items():
+        base = results.get((batch, 0))
+        rows.append([
+            k or "base", batch, tok_s, f"{tok_s / base:.0%}" if base else "-",
             f"{tok_s / peft:.1f}x" if peft else "-",
-        ]
-        for k, tok_s in results.items()
-    ]
+        ])  # fmt: skip
     if peft:
+        base = results.get((args.peft_batch, 0))
         pct = f"{peft / base:.0%}" if base else "-"
         rows.append(["peft, 8", args.peft_batch, peft, pct, "1.0x"])
     weights = "fp8 weights" if args.quantization else "bf16"
     body = (
-        f"{args.preset}, {weights}, rank {args.rank} on all 7 projections, "
+        f"{args.preset}, {weights}, tensor parallel {args.tp}, "
+        f"rank {args.rank} on all 7 projections, "
         f"{args.input_len} prompt + "
         f"{args.output_len} generated tokens"
         + (f" (peft: {args.peft_output_len} generated)" if peft else "")

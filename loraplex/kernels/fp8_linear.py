@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from loraplex.kernels.gemv import _quantize, _row_scales, launch_gemv
+from loraplex.kernels.gemv import _quantize, _row_scales, launch_gemv, shape_config
 from loraplex.kernels.launch_config import launch_config
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -82,5 +82,5 @@ def fp8_gemv(
     [N] float32 -> [M, N] in x's dtype, x quantized per row on the fly."""
     if weight.dtype != FP8_DTYPE:
         raise ValueError(f"weight must be fp8, got {weight.dtype} {tuple(weight.shape)}")
-    cfg = config or launch_config("fp8_gemv", "default", x.device)
+    cfg = config or shape_config("fp8_gemv", *weight.shape, x.device)
     return launch_gemv(x, weight, weight_scale, bias, cfg, FP8_MAX, MIN_SCALE)

@@ -14,6 +14,8 @@ loads go through the compiler's asynchronous copy pipeline, as a GEMM's do.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -64,8 +66,10 @@ def _padded_row_scales(
 @triton.jit
 def _weight_tile(w_rows, kk, K, EVEN_K: tl.constexpr):
     if EVEN_K:
-        return tl.load(w_rows + kk[None, :])
-    return tl.load(w_rows + kk[None, :], mask=kk[None, :] < K, other=0.0)
+        w = tl.load(w_rows + kk[None, :])
+    else:
+        w = tl.load(w_rows + kk[None, :], mask=kk[None, :] < K, other=0.0)
+    return w
 
 
 @triton.jit
@@ -82,10 +86,12 @@ def _dot_step(
         # fp8 values are exact in fp16 and their products exact in the float32 sums, so
         # this equals an fp8 tensor-core product (fp16 also runs in the CPU interpreter).
         xq = _quantize(tl.trans(xt), scale, FP8_MAX_VALUE)
-        return tl.dot(w.to(tl.float16), tl.trans(xq.to(tl.float16)), acc)
-    if IEEE:
-        return tl.dot(w, xt, acc, input_precision="ieee")
-    return tl.dot(w, xt, acc)
+        acc = tl.dot(w.to(tl.float16), tl.trans(xq.to(tl.float16)), acc)
+    elif IEEE:
+        acc = tl.dot(w, xt, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(w, xt, acc)
+    return acc
 
 
 @triton.jit
@@ -266,6 +272,16 @@ def launch_gemv(
     return out
 
 
+@functools.cache
+def shape_config(op: str, n: int, k: int, device: torch.device) -> dict:
+    """`op`'s launch config for an [n, k] weight: its own entry ("NxK") where one was tuned
+    on this GPU, else the default."""
+    try:
+        return launch_config(op, f"{n}x{k}", device)
+    except KeyError:
+        return launch_config(op, "default", device)
+
+
 def linear_row_limit(device: torch.device) -> int:
     """The most rows for which the engine's bf16 / fp16 linear layers use `gemv` on `device`
     (0: never, the library GEMM is as fast)."""
@@ -279,5 +295,5 @@ def gemv(
     """x [M, K] @ weight[N, K].T (+ bias) for a few rows, weight and x in one dtype."""
     if weight.dtype != x.dtype:
         raise ValueError(f"weight is {weight.dtype} but x is {x.dtype}")
-    cfg = config or launch_config("gemv", "default", x.device)
+    cfg = config or shape_config("gemv", *weight.shape, x.device)
     return launch_gemv(x, weight, None, bias, cfg)

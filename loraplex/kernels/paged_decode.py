@@ -3,8 +3,10 @@
 One program serves one sequence and one KV head, with the GROUP query heads that share it as the
 rows of a tensor-core tile, so the cache is read once per KV head. When sequences x KV heads
 are too few programs to fill the GPU and contexts are long, the context is split into equal
-ranges across programs whose partial results (unnormalised output, running max and sum) a
-second kernel combines.
+ranges across programs that write partial results (unnormalised output, running max and sum);
+the last of a sequence's splits to finish (an atomic count per sequence and KV head) combines
+them, so the split costs no second launch, which at batch 1 is a good part of a layer's
+attention time.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def _paged_decode_kernel(
     part_out_ptr,
     part_max_ptr,
     part_sum_ptr,
+    split_counts_ptr,
     block_tables_ptr,
     context_lens_ptr,
     cu_seqlens_q_ptr,
@@ -202,6 +205,17 @@ def _paged_decode_kernel(
         tl.store(part_sum_ptr + row, l_i, mask=offs_m < GROUP)
         part_ptrs = part_out_ptr + row[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
         tl.store(part_ptrs, acc, mask=io_mask)
+        # Every thread's partials are written before the release below (CUTLASS's semaphore
+        # pattern); the count returns to 0 for the next launch.
+        tl.debug_barrier()
+        count_ptr = split_counts_ptr + seq * tl.num_programs(1) + kv_head
+        if tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
+            tl.store(count_ptr, 0)
+            _combine_splits(
+                out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, v_scale_ptr, seq, head, q_tok,
+                context_len, tokens_per_split, num_splits, num_heads, stride_o_tok,
+                stride_o_head, offs_m, offs_d, io_mask, GROUP, HEAD_DIM, BLOCK_M, BLOCK_D, KV_FP8,
+            )  # fmt: skip
     else:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         if KV_FP8:
@@ -211,47 +225,54 @@ def _paged_decode_kernel(
 
 
 @triton.jit
-def _decode_reduce_kernel(
-    out_ptr,
-    part_out_ptr,
-    part_max_ptr,
-    part_sum_ptr,
-    cu_seqlens_q_ptr,
-    v_scale_ptr,
-    num_splits,
-    num_heads,
-    stride_o_tok,
-    stride_o_head,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    KV_FP8: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    wait_for_previous(PDL)
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    q_tok = tl.load(cu_seqlens_q_ptr + seq)
-    if tl.load(cu_seqlens_q_ptr + seq + 1) == q_tok:
-        return
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < num_splits
-    row = (seq * num_heads + head) * num_splits + offs_s
-    part_max = tl.load(part_max_ptr + row, mask=s_mask, other=float("-inf"))
-    part_sum = tl.load(part_sum_ptr + row, mask=s_mask, other=0.0)
-    # Empty splits carry max -inf and weigh 0; the query's own key makes some split non-empty.
-    weight = tl.math.exp2(part_max - tl.max(part_max, 0))
-    parts = tl.load(
-        part_out_ptr + row[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :],
-        mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM),
-        other=0.0,
-    )
-    out = tl.sum(parts * weight[:, None], 0) / tl.sum(part_sum * weight, 0)
+def _combine_splits(
+    out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, v_scale_ptr, seq, head, q_tok,
+    context_len, tokens_per_split, num_splits, num_heads, stride_o_tok, stride_o_head, offs_m,
+    offs_d, io_mask, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr, KV_FP8: tl.constexpr,
+):  # fmt: skip
+    """Output of the GROUP query heads `head` from the partials of the splits that hold cached
+    tokens (the others are empty: max -inf, sum 0). Partials are read past L1, which may hold
+    lines from before other programs wrote them."""
+    used = tl.minimum(tl.cdiv(context_len, tokens_per_split), num_splits)
+    first = (seq * num_heads + head) * num_splits
+    row_mask = offs_m < GROUP
+    m_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for s in range(0, used):
+        part_max = tl.load(part_max_ptr + first + s, mask=row_mask, other=0.0, cache_modifier=".cg")
+        m_max = tl.maximum(m_max, part_max)
+    # The query's own key makes some split non-empty, so m_max is finite on real rows.
+    m_max = tl.where(row_mask, m_max, 0.0)
+    total = tl.zeros([BLOCK_M], tl.float32)
+    out = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for s in range(0, used):
+        row = first + s
+        weight = tl.math.exp2(
+            tl.load(part_max_ptr + row, mask=row_mask, other=0.0, cache_modifier=".cg") - m_max
+        )
+        total += weight * tl.load(
+            part_sum_ptr + row, mask=row_mask, other=0.0, cache_modifier=".cg"
+        )
+        part_ptrs = part_out_ptr + row[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+        parts = tl.load(part_ptrs, mask=io_mask, other=0.0, cache_modifier=".cg")
+        out += parts * weight[:, None]
+    out = out / tl.where(total == 0.0, 1.0, total)[:, None]
     if KV_FP8:
         out = out * tl.load(v_scale_ptr)
-    o_ptrs = out_ptr + q_tok.to(tl.int64) * stride_o_tok + head * stride_o_head + offs_d
-    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    o_ptrs = out_ptr + q_tok.to(tl.int64) * stride_o_tok + head[:, None] * stride_o_head
+    tl.store(o_ptrs + offs_d[None, :], out.to(out_ptr.dtype.element_ty), mask=io_mask)
+
+
+_split_counts: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def split_counts(device: torch.device, size: int) -> torch.Tensor:
+    """Zeroed int32 counters, at least `size`, that the kernel leaves zeroed again. Buffers are
+    kept for the process: a CUDA graph captured with one keeps its address."""
+    buffers = _split_counts.setdefault(device, [])
+    if not buffers or buffers[-1].numel() < size:
+        buffers.append(torch.zeros(max(size, 4096), dtype=torch.int32, device=device))
+    return buffers[-1]
 
 
 def paged_decode(
@@ -304,6 +325,7 @@ def paged_decode(
         part_out,
         part_max,
         part_sum,
+        split_counts(query.device, num_seqs * num_kv_heads),
         block_tables,
         context_lens,
         cu_seqlens_q,
@@ -334,22 +356,4 @@ def paged_decode(
         num_stages=config.num_stages,
         **pdl_options(query.device),
     )
-    if split:
-        _decode_reduce_kernel[(num_seqs, num_heads)](
-            out,
-            part_out,
-            part_max,
-            part_sum,
-            cu_seqlens_q,
-            v_scale,
-            num_splits,
-            num_heads,
-            out.stride(0),
-            out.stride(1),
-            HEAD_DIM=head_dim,
-            BLOCK_D=block_d,
-            BLOCK_S=triton.next_power_of_2(num_splits),
-            KV_FP8=fp8,
-            **pdl_options(query.device),
-        )
     return out

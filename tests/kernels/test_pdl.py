@@ -46,7 +46,7 @@ def test_pdl_chain_matches_plain_launches_eagerly_and_in_a_graph(monkeypatch):
     want = chain()
     _set_pdl(monkeypatch, True)
     try:
-        assert torch.equal(chain(), want)
+        torch.testing.assert_close(chain(), want, rtol=0, atol=0)
         graph = torch.cuda.CUDAGraph()
         chain()  # compile before capture
         torch.cuda.synchronize()
@@ -58,7 +58,7 @@ def test_pdl_chain_matches_plain_launches_eagerly_and_in_a_graph(monkeypatch):
             want = chain()
             graph.replay()
             torch.cuda.synchronize()
-            assert torch.equal(captured, want), f"replay {step} differs"
+            torch.testing.assert_close(captured, want, rtol=0, atol=0, msg=f"replay {step}")
             _set_pdl(monkeypatch, True)
     finally:
         pdl._enabled.cache_clear()

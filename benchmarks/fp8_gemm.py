@@ -48,29 +48,40 @@ def sweep(configs, weights, call) -> tuple[float, dict, dict]:
 def configs_for(quick: bool) -> dict[str, list[dict]]:
     """Block sizes per kernel variant: CUDA-core tiles keep a float32 partial sum per element
     of [rows, block_n, block_k], so they stay at 4K-16K elements; tensor-core tiles are
-    [block_n, block_k] weights against 16 padded rows."""
-    fma_tiles = [(8, 512), (8, 1024), (16, 256), (16, 512), (16, 1024), (32, 256), (32, 512)]
-    dot_tiles = [(n, k) for n in (16, 32, 64) for k in (128, 256, 512)]
-    stages = [3, 5] if quick else [2, 3, 4, 5, 6]
-    warps = [4] if quick else [2, 4, 8]
+    [block_n, block_k] weights against 16 padded rows, with fp8 operands either widened to
+    fp16 ("dot") or multiplied as fp8 ("dot8", fp8 weights only)."""
+    if quick:
+        fma_tiles = [(8, 1024), (16, 512), (16, 1024), (32, 256)]
+        dot_tiles = [(n, k) for n in (32, 64) for k in (128, 256)]
+        stages, warps = [3, 5], [4]
+    else:
+        fma_tiles = [(8, 512), (8, 1024), (16, 256), (16, 512), (16, 1024), (32, 256), (32, 512)]
+        dot_tiles = [(n, k) for n in (16, 32, 64) for k in (128, 256, 512)]
+        stages, warps = [2, 3, 4, 5, 6], [2, 4, 8]
+    variants = {
+        "fma": (fma_tiles, {}),
+        "dot": (dot_tiles, {"tensor_cores": True}),
+        "dot8": (dot_tiles, {"tensor_cores": True, "native_fp8": True}),
+    }
     return {
         name: [
             {"max_m": 4, "block_n": n, "block_k": k, "num_warps": w, "num_stages": s,
-             "tensor_cores": name == "dot"}
+             "tensor_cores": False, **extra}
             for (n, k), s, w in itertools.product(tiles, stages, warps)
         ]
-        for name, tiles in (("fma", fma_tiles), ("dot", dot_tiles))
+        for name, (tiles, extra) in variants.items()
     }  # fmt: skip
 
 
 def describe(cfg: dict) -> str:
-    kind = "dot" if cfg["tensor_cores"] else "fma"
+    kind = "dot8" if cfg.get("native_fp8") else "dot" if cfg["tensor_cores"] else "fma"
     return f"{kind} n{cfg['block_n']} k{cfg['block_k']} s{cfg['num_stages']} w{cfg['num_warps']}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default="1,4")
+    parser.add_argument("--layers", default=",".join(SHAPES), help="which of " + ",".join(SHAPES))
     parser.add_argument("--quick", action="store_true", help="fewer block sizes")
     parser.add_argument(
         "--write-config", action="store_true", help="keep the fastest configs in the GPU's table"
@@ -82,13 +93,15 @@ def main() -> None:
 
     bandwidth = copy_bandwidth()
     variants = configs_for(args.quick)
-    all_configs = variants["fma"] + variants["dot"]
+    bf16_configs = variants["fma"] + variants["dot"]
+    fp8_configs = bf16_configs + variants["dot8"]
     row_counts = [int(r) for r in args.rows.split(",")]
     rows_out = []
     # seconds by dtype ("bf16", "fp8", "cublas"), (n, k), rows (and config key)
     spent: dict[str, dict] = {"bf16": {}, "fp8": {}, "cublas": {}}
     for rows in row_counts:
-        for name, (n, k) in SHAPES.items():
+        for name in args.layers.split(","):
+            n, k = SHAPES[name]
             bf16 = [fill_random_(torch.empty(n, k, dtype=torch.bfloat16, device="cuda"))
                     for _ in range(rotation_count(2 * n * k))]  # fmt: skip
             x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
@@ -99,7 +112,7 @@ def main() -> None:
                 return gemv(x, w, config=cfg)
 
             t_gemv, cfg_gemv, spent["bf16"].setdefault((n, k), {})[rows] = sweep(
-                all_configs, bf16, bf16_call
+                bf16_configs, bf16, bf16_call
             )
             spent["cublas"].setdefault((n, k), {})[rows] = t_bf16
             del bf16
@@ -124,7 +137,7 @@ def main() -> None:
 
             t_scaled = time_per_call([lambda w=w: scaled_mm(w) for w in weights])
             t_best, cfg_best, spent["fp8"].setdefault((n, k), {})[rows] = sweep(
-                all_configs, weights, fp8_call
+                fp8_configs, weights, fp8_call
             )
             del weights
             rows_out.append(row + [
@@ -143,7 +156,8 @@ def main() -> None:
     ]
     body = (
         f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; % = weight bytes read once / time / "
-        f"copy bandwidth; fma = CUDA-core GEMV, dot = tensor-core (swapped operands) GEMV\n\n"
+        "copy bandwidth; fma = CUDA-core GEMV, dot = tensor-core (swapped operands) GEMV, "
+        "dot8 = the same on fp8 operands\n\n"
         + table(headers, rows_out)
         + "\n\nfastest configs (summed over row counts), kept per GPU with --write-config:\n"
         + "\n".join(f"- {line}" for line in lines)

@@ -23,7 +23,7 @@ from loraplex.engine.distributed import (
     tensor_parallel,
 )
 from loraplex.engine.layers.fp8 import fp8_checkpoint_weights, is_fp8_checkpoint
-from loraplex.engine.layers.lora import apply_lora
+from loraplex.engine.layers.lora import LoRALayers, apply_lora
 from loraplex.engine.loader import load_weights
 from loraplex.engine.models.registry import resolve_model_class
 from loraplex.engine.scheduler import ScheduledBatch
@@ -86,7 +86,7 @@ class ModelRunner:
                 if hasattr(module, "quantize_fp8_"):  # linear layers and stacked experts
                     module.quantize_fp8_()
         self.model.eval()
-        self.lora_layers = {}
+        self.lora_layers = LoRALayers({}, {})
         if config.lora is not None:
             self.lora_layers = apply_lora(
                 self.model, config.lora.max_loras, config.lora.max_lora_rank

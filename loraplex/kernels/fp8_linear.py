@@ -2,12 +2,10 @@
 
 `quantize_per_token` replaces the eight elementwise launches of the eager quantization with
 one. `fp8_gemv` serves decode-sized batches (a few rows), where a library GEMM tiles M = 1 into
-a 128-row block and reaches a fraction of the memory bandwidth: each program quantizes the
-activations itself (x is a few KB and stays in L2, so recomputing the row maxima per program
-costs nothing), then streams its columns' fp8 weights once with no separate quantization
-launch, multiplying on the CUDA cores (tensor-core tiles would be mostly padding at M = 1).
-Both round exactly as `quantize_rows` does (IEEE division, round-to-nearest fp8), so their
-products equal `torch._scaled_mm`'s up to the order of the float32 sums.
+a 128-row block and reaches a fraction of the memory bandwidth: x is quantized once, then the
+GEMV (`kernels.gemv`) streams the fp8 weights. Quantization rounds exactly as `quantize_rows`
+does (IEEE division, round-to-nearest fp8), so the products equal `torch._scaled_mm`'s up to
+the order of the float32 sums.
 """
 
 from __future__ import annotations
@@ -16,12 +14,31 @@ import torch
 import triton
 import triton.language as tl
 
-from loraplex.kernels.gemv import _quantize, _row_scales, launch_gemv, shape_config
+from loraplex.kernels.gemv import launch_gemv, shape_config
 from loraplex.kernels.launch_config import launch_config
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max
 MIN_SCALE = 1e-12  # a row of zeros still needs a positive scale
+
+
+@triton.jit
+def _quantize(x, scale, FP8_MAX_VALUE):
+    q = tl.math.div_rn(x.to(tl.float32), scale[:, None])
+    return tl.clamp(q, -FP8_MAX_VALUE, FP8_MAX_VALUE).to(tl.float8e4nv)
+
+
+@triton.jit
+def _row_scales(x_ptr, stride_xm, offs_m, m_mask, K, BLOCK_K: tl.constexpr, FP8_MAX_VALUE, MIN):
+    """Per-row max |x| / FP8_MAX (at least MIN) over all K columns, float32 [BLOCK_M]."""
+    offs_k = tl.arange(0, BLOCK_K)
+    amax = tl.zeros([offs_m.shape[0]], dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        kk = k + offs_k
+        mask = m_mask[:, None] & (kk[None, :] < K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=mask, other=0.0)
+        amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
+    return tl.maximum(tl.math.div_rn(amax, FP8_MAX_VALUE), MIN)
 
 
 @triton.jit
@@ -79,8 +96,13 @@ def fp8_gemv(
     config: dict | None = None,
 ) -> torch.Tensor:
     """x [M, K] (bf16/fp16/fp32, M at most `small_m_limit`), weight [N, K] fp8, weight_scale
-    [N] float32 -> [M, N] in x's dtype, x quantized per row on the fly."""
+    [N] float32 -> [M, N] in x's dtype, x quantized per row first."""
     if weight.dtype != FP8_DTYPE:
         raise ValueError(f"weight must be fp8, got {weight.dtype} {tuple(weight.shape)}")
     cfg = config or shape_config("fp8_gemv", *weight.shape, x.device)
-    return launch_gemv(x, weight, weight_scale, bias, cfg, FP8_MAX, MIN_SCALE)
+    if x.shape[0] > cfg["max_m"]:  # before quantizing: the same error as the GEMV's
+        raise ValueError(f"a GEMV takes at most {cfg['max_m']} rows, got {x.shape[0]}")
+    q, scale = quantize_per_token(x.contiguous())
+    return launch_gemv(
+        q, weight, bias, cfg, x_scale=scale, weight_scale=weight_scale, out_dtype=x.dtype
+    )

@@ -79,8 +79,12 @@ def test_gemv_refuses_what_it_cannot_do(config):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 3, 4])
 @pytest.mark.parametrize(("n", "k"), [(6144, 4096), (4096, 14336), (1008, 4000)])
-@pytest.mark.parametrize("tensor_cores", [False, True])
-def test_fp8_kernels_gpu(dtype, rows, n, k, tensor_cores):
+@pytest.mark.parametrize(
+    "variant",
+    [{"tensor_cores": False}, {"tensor_cores": True}, {"tensor_cores": True, "native_fp8": True}],
+    ids=["fma", "dot", "dot8"],
+)
+def test_fp8_kernels_gpu(dtype, rows, n, k, variant):
     generator = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, k, generator=generator).to(dtype).cuda()
     weight, weight_scale = _weights(n, k, "cuda", seed=n)
@@ -89,7 +93,7 @@ def test_fp8_kernels_gpu(dtype, rows, n, k, tensor_cores):
     torch.testing.assert_close(scale, want_scale, rtol=0, atol=0)
     assert torch.equal(q.float(), want_q.float())
     bias = torch.randn(n, generator=generator).to(dtype).cuda()
-    config = {**launch_config("fp8_gemv", "default", x.device), "tensor_cores": tensor_cores}
+    config = {**launch_config("fp8_gemv", "default", x.device), "native_fp8": False, **variant}
     got = fp8_gemv(x, weight, weight_scale, bias, config=config)
     want = _reference(x, weight, weight_scale, bias)
     assert ((got.float() - want).norm() / want.norm()).item() < 1e-2

@@ -12,6 +12,8 @@ result over the ranks before the expand, so every rank adds what a single device
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 from torch import nn
 
@@ -35,18 +37,25 @@ LORA_TARGETS: dict[str, tuple[str, int]] = {
 }
 
 
+def output_slices(base: LinearBase) -> list[int]:
+    """Sizes of the output slices of `base` on this rank (one for an unfused layer)."""
+    return list(getattr(base, "output_sizes", [base.out_features]))
+
+
 class LoRALinear(nn.Module):
-    def __init__(self, base: LinearBase, num_slots: int, max_rank: int) -> None:
+    """`base` plus the LoRA product of each token's slot. `lora_a` / `lora_b` hold, per output
+    slice, the slots' A [slots, rank, in] and B [slots, out, rank] (views of the per-module
+    stacks `apply_lora` allocates)."""
+
+    def __init__(
+        self, base: LinearBase, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...]
+    ) -> None:
         super().__init__()
         self.base = base
-        sizes = list(getattr(base, "output_sizes", [base.out_features]))
-        weight = base.weight
+        sizes = output_slices(base)
         self.slice_offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
-        like = {"dtype": base.compute_dtype, "device": weight.device}  # bf16 over an fp8 base
-        self.lora_a = tuple(
-            torch.zeros(num_slots, max_rank, base.in_features, **like) for _ in sizes
-        )
-        self.lora_b = tuple(torch.zeros(num_slots, size, max_rank, **like) for size in sizes)
+        self.lora_a = lora_a
+        self.lora_b = lora_b
         self.reduce_shrink = isinstance(base, RowParallelLinear) and base.tp_size > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,37 +80,108 @@ class LoRALinear(nn.Module):
         return out
 
 
-def write_lora_slot(
-    layers: dict[tuple[int, str], LoRALinear],
-    slot: int,
-    weights: SlotWeights,
-) -> None:
-    """Replace slot `slot` of every layer with one adapter's weights; layers the adapter does
-    not target, and ranks above the adapter's, get zeros. A handful of launches in all: one
-    host-to-GPU copy of the adapter's buffer, then multi-tensor zero and copy."""
-    if not layers:
+@dataclass(frozen=True)
+class ModuleSlots:
+    """One checkpoint module's slot buffers across the layers that have it: A
+    [layers, slots, rank, in] and B [layers, slots, out, rank] on this rank, the layer
+    indices in order, and a layer to shard full-size tensors with (all shard alike)."""
+
+    layers: tuple[int, ...]
+    a: torch.Tensor
+    b: torch.Tensor
+    base: LinearBase
+    slice_index: int
+
+
+class LoRALayers(dict):
+    """The LoRA wrappers keyed by (layer index, fused attribute path), and `modules`: each
+    checkpoint module's stacked slot buffers, which the wrappers' buffers are views of, so an
+    adapter goes into a slot in a few launches per module rather than two per layer."""
+
+    def __init__(self, wrapped: dict[tuple[int, str], LoRALinear], modules: dict) -> None:
+        super().__init__(wrapped)
+        self.modules: dict[str, ModuleSlots] = modules
+
+
+@dataclass(frozen=True)
+class ModuleStack:
+    """One adapter's weights for one module: A [layers, r, in] and B [layers, out, r] at full
+    size, for the layers listed (ascending)."""
+
+    module: str
+    layers: tuple[int, ...]
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack(tensors)`, as a view when they lie back to back in one buffer (as a
+    loaded adapter packs them)."""
+    first = tensors[0]
+    step = first.numel()
+    storage = first.untyped_storage().data_ptr()
+    consecutive = all(
+        t.is_contiguous()
+        and t.shape == first.shape
+        and t.untyped_storage().data_ptr() == storage
+        and t.storage_offset() == first.storage_offset() + i * step
+        for i, t in enumerate(tensors)
+    )
+    if not consecutive:
+        return torch.stack(tensors)
+    return first.as_strided((len(tensors), *first.shape), (step, *first.stride()))
+
+
+def module_stacks(weights: SlotWeights) -> list[ModuleStack]:
+    """An adapter's per-layer weights grouped by module, layers in ascending order."""
+    by_module: dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+    for (layer, module), (a, b) in weights.items():
+        by_module.setdefault(module, []).append((layer, a, b))
+    stacks = []
+    for module, entries in by_module.items():
+        entries.sort(key=lambda entry: entry[0])
+        stacks.append(
+            ModuleStack(
+                module,
+                tuple(layer for layer, _, _ in entries),
+                _stacked([a for _, a, _ in entries]),
+                _stacked([b for _, _, b in entries]),
+            )
+        )
+    return stacks
+
+
+def write_lora_slot(layers: LoRALayers, slot: int, weights: SlotWeights) -> None:
+    """Replace slot `slot` of every layer with one adapter's weights; layers and modules the
+    adapter does not target, and ranks above the adapter's, get zeros. On a GPU: one
+    host-to-GPU copy of the adapter's buffer, then a copy and a zeroing per module."""
+    if not layers.modules:
         return
-    device = next(iter(layers.values())).lora_a[0].device
-    weights = _on_device(weights, device)
-    untouched = {(key, i) for key, layer in layers.items() for i in range(len(layer.lora_a))}
+    device = next(iter(layers.modules.values())).a.device
     targets: list[torch.Tensor] = []
     sources: list[torch.Tensor] = []
     zeros: list[torch.Tensor] = []
-    for (index, module), (a, b) in weights.items():
-        path, slice_index = LORA_TARGETS[module]
-        layer = layers[(index, path)]
-        a = layer.base.shard_input(a)
-        b = layer.base.shard_output(b, slice_index)
-        rank = a.shape[0]
-        targets += [
-            layer.lora_a[slice_index][slot, :rank],
-            layer.lora_b[slice_index][slot, :, :rank],
-        ]
-        sources += [a, b]
-        untouched.discard(((index, path), slice_index))
-        zeros += [layer.lora_a[slice_index][slot, rank:], layer.lora_b[slice_index][slot, :, rank:]]
-    for key, slice_index in untouched:
-        zeros += [layers[key].lora_a[slice_index][slot], layers[key].lora_b[slice_index][slot]]
+    written = set()
+    for stack in _on_device(module_stacks(weights), device):
+        slots = layers.modules[stack.module]
+        written.add(stack.module)
+        rank = stack.a.shape[1]
+        a = slots.base.shard_input(stack.a)
+        b = slots.base.shard_output(stack.b.transpose(0, 1), slots.slice_index).transpose(0, 1)
+        if stack.layers == slots.layers:
+            targets += [slots.a[:, slot, :rank], slots.b[:, slot, :, :rank]]
+            sources += [a, b]
+        else:  # the adapter leaves some layers out (PEFT's layers_to_transform)
+            for i, layer in enumerate(stack.layers):
+                at = slots.layers.index(layer)
+                targets += [slots.a[at, slot, :rank], slots.b[at, slot, :, :rank]]
+                sources += [a[i], b[i]]
+            missing = [at for at, layer in enumerate(slots.layers) if layer not in stack.layers]
+            zeros += [t for at in missing for t in (slots.a[at, slot], slots.b[at, slot])]
+        zeros += [slots.a[:, slot, rank:], slots.b[:, slot, :, rank:]]
+    for module, slots in layers.modules.items():
+        if module not in written:
+            zeros += [slots.a[:, slot], slots.b[:, slot]]
     zeros = [t for t in zeros if t.numel()]
     if zeros:
         torch._foreach_zero_(zeros)
@@ -109,40 +189,67 @@ def write_lora_slot(
         torch._foreach_copy_(targets, sources)
 
 
-def _on_device(weights: SlotWeights, device: torch.device) -> SlotWeights:
-    """Tensors that are views of one CPU buffer (a loaded adapter) as views of one device copy
+def _on_device(stacks: list[ModuleStack], device: torch.device) -> list[ModuleStack]:
+    """Stacks that are views of one CPU buffer (a loaded adapter) as views of one device copy
     of it: a single transfer instead of one per tensor."""
-    tensors = [t for pair in weights.values() for t in pair]
+    tensors = [t for stack in stacks for t in (stack.a, stack.b)]
     if device.type == "cpu" or not tensors or any(t.device.type != "cpu" for t in tensors):
-        return weights
+        return stacks
     storage = tensors[0].untyped_storage()
     if any(t.untyped_storage().data_ptr() != storage.data_ptr() for t in tensors):
-        return weights
+        return [replace(s, a=s.a.to(device), b=s.b.to(device)) for s in stacks]
     flat = torch.empty(0, dtype=tensors[0].dtype).set_(storage)
     staged = flat.to(device, non_blocking=True)
-    return {
-        key: tuple(staged.as_strided(t.shape, t.stride(), t.storage_offset()) for t in pair)
-        for key, pair in weights.items()
-    }
+
+    def moved(t: torch.Tensor) -> torch.Tensor:
+        return staged.as_strided(t.shape, t.stride(), t.storage_offset())
+
+    return [replace(s, a=moved(s.a), b=moved(s.b)) for s in stacks]
 
 
-def apply_lora(
-    model: nn.Module, num_slots: int, max_rank: int
-) -> dict[tuple[int, str], LoRALinear]:
+def apply_lora(model: nn.Module, num_slots: int, max_rank: int) -> LoRALayers:
     """Wrap every LoRA-capable layer of each decoder layer in place; a layer without one of
     the targets (the MLP of a mixture-of-experts layer has no gate_up_proj) is left as it is.
 
-    Returns the wrappers keyed by (layer index, fused attribute path) for the slot loader.
+    Returns the wrappers and the stacked slot buffers for the slot loader.
     """
-    wrapped: dict[tuple[int, str], LoRALinear] = {}
+    found: dict[str, list[tuple[int, nn.Module, str, LinearBase]]] = {}
     for index, layer in enumerate(model.model.layers):
         for path in dict.fromkeys(target for target, _ in LORA_TARGETS.values()):
             parent_path, name = path.rsplit(".", 1)
             parent = layer.get_submodule(parent_path)
             base = getattr(parent, name, None)
-            if not isinstance(base, LinearBase):
-                continue
-            lora = LoRALinear(base, num_slots, max_rank)
+            if isinstance(base, LinearBase):
+                found.setdefault(path, []).append((index, parent, name, base))
+    wrapped: dict[tuple[int, str], LoRALinear] = {}
+    modules: dict[str, ModuleSlots] = {}
+    for path, entries in found.items():
+        first = entries[0][3]
+        # bf16 over an fp8 base
+        like = {"dtype": first.compute_dtype, "device": first.weight.device}
+        count = len(entries)
+        a_stacks = [
+            torch.zeros(count, num_slots, max_rank, first.in_features, **like)
+            for _ in output_slices(first)
+        ]
+        b_stacks = [
+            torch.zeros(count, num_slots, size, max_rank, **like) for size in output_slices(first)
+        ]
+        for module, (target, slice_index) in LORA_TARGETS.items():
+            if target == path:
+                modules[module] = ModuleSlots(
+                    tuple(index for index, *_ in entries),
+                    a_stacks[slice_index],
+                    b_stacks[slice_index],
+                    first,
+                    slice_index,
+                )
+        for i, (index, parent, name, base) in enumerate(entries):
+            if base.in_features != first.in_features or output_slices(base) != output_slices(first):
+                raise ValueError(
+                    f"layer {index}'s {path} differs in shape from layer {entries[0][0]}'s"
+                )
+            lora = LoRALinear(base, tuple(a[i] for a in a_stacks), tuple(b[i] for b in b_stacks))
             setattr(parent, name, lora)
             wrapped[(index, path)] = lora
-    return wrapped
+    return LoRALayers(wrapped, modules)

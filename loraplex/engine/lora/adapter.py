@@ -7,6 +7,7 @@ tensor cast to the model dtype, so that a slot holds exactly what the kernels mu
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from loraplex.adapter_format.peft import (
     pickle_refusal,
     validate_adapter_files,
 )
+from loraplex.engine.layers.lora import LORA_TARGETS
 from loraplex.lora_request import LoRARequest
 
 
@@ -67,20 +69,23 @@ def load_adapter(
         raise ValueError(f"LoRA {request.lora_name!r}: {exc}") from exc
     tensors = load_adapter_tensors(weights_path)
     scaling = spec.scaling
-    # Every tensor lives in one (pinned) buffer, so a slot load is a single host-to-GPU copy.
-    sizes = [tensors[p.lora_a].numel() + tensors[p.lora_b].numel() for p in spec.pairs]
+    # Every tensor lives in one (pinned) buffer, so a slot load is a single host-to-GPU copy:
+    # all A matrices, then all B matrices, each module by module with its layers in order, so
+    # the slot writer takes a module's layers as one stacked view.
+    pairs = sorted(spec.pairs, key=lambda p: (list(LORA_TARGETS).index(p.module), p.layer))
+    sizes = [tensors[p.lora_a].numel() + tensors[p.lora_b].numel() for p in pairs]
     packed = torch.empty(sum(sizes), dtype=dtype, pin_memory=pin)
+    shapes = [tensors[p.lora_a].shape for p in pairs] + [tensors[p.lora_b].shape for p in pairs]
+    ends = list(itertools.accumulate(shape.numel() for shape in shapes))
+    views = [
+        packed[end - shape.numel() : end].view(shape)
+        for shape, end in zip(shapes, ends, strict=True)
+    ]
     weights = {}
-    offset = 0
-    for pair in spec.pairs:
-        a_src, b_src = tensors[pair.lora_a], tensors[pair.lora_b]
-        a = packed[offset : offset + a_src.numel()].view(a_src.shape)
-        offset += a_src.numel()
-        b = packed[offset : offset + b_src.numel()].view(b_src.shape)
-        offset += b_src.numel()
-        a.copy_(a_src)
+    for pair, a, b in zip(pairs, views[: len(pairs)], views[len(pairs) :], strict=True):
+        a.copy_(tensors[pair.lora_a])
         # Scale in float32, round once: as close as the model dtype allows to PEFT's own math.
-        b.copy_(b_src.float() * scaling)
+        b.copy_(tensors[pair.lora_b].float() * scaling)
         weights[(pair.layer, pair.module)] = (a, b)
     return LoRAAdapter(
         lora_int_id=request.lora_int_id,

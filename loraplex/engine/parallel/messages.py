@@ -98,10 +98,12 @@ def pack_lora_slot(
 ) -> tuple[list[int], torch.Tensor]:
     """The header and the byte payload of one adapter's full-size weights for slot `slot`."""
     entries: list[int] = []
-    tensors: list[torch.Tensor] = []
+    # All A matrices, then all B matrices (the order a loaded adapter packs them in), so the
+    # receiving ranks can stack each module's layers without copying.
+    tensors: list[torch.Tensor] = [a.reshape(-1) for a, _ in weights.values()]
+    tensors += [b.reshape(-1) for _, b in weights.values()]
     for (layer, module), (a, b) in weights.items():
         entries += [layer, _MODULES.index(module), *a.shape, *b.shape]
-        tensors += [a.reshape(-1), b.reshape(-1)]
     flat = torch.cat(tensors) if tensors else torch.empty(0)
     payload = flat.view(torch.uint8).to(device)
     header = [Command.WRITE_LORA_SLOT, slot, len(weights), payload.numel(), *entries]
@@ -117,14 +119,16 @@ def unpack_lora_slot(
 ) -> tuple[int, SlotWeights]:
     _, slot, count, _, *entries = header
     flat = payload.view(dtype)
+    shapes = [entries[i * _ENTRY_FIELDS : (i + 1) * _ENTRY_FIELDS] for i in range(count)]
+    a_sizes = [a_rows * a_cols for _, _, a_rows, a_cols, _, _ in shapes]
+    offset = sum(a_sizes)  # the B matrices follow all the A matrices
     weights: SlotWeights = {}
-    offset = 0
-    for i in range(count):
-        layer, module, a_rows, a_cols, b_rows, b_cols = entries[
-            i * _ENTRY_FIELDS : (i + 1) * _ENTRY_FIELDS
-        ]
-        a = flat[offset : offset + a_rows * a_cols].view(a_rows, a_cols)
-        offset += a_rows * a_cols
+    a_offset = 0
+    for (layer, module, a_rows, a_cols, b_rows, b_cols), a_size in zip(
+        shapes, a_sizes, strict=True
+    ):
+        a = flat[a_offset : a_offset + a_size].view(a_rows, a_cols)
+        a_offset += a_size
         b = flat[offset : offset + b_rows * b_cols].view(b_rows, b_cols)
         offset += b_rows * b_cols
         weights[(layer, _MODULES[module])] = (a, b)

@@ -190,7 +190,8 @@ def test_adapter_trained_on_another_base_is_refused(llm, tmp_path):
 def test_loaded_adapter_lives_in_one_buffer(llm, adapters):
     """One host buffer per adapter: a slot load is then a single transfer to the GPU."""
     adapter = llm.llm_engine.lora_manager.get(LoRARequest("a3", 4, str(adapters[3])))
-    tensors = [t for pair in adapter.weights.values() for t in pair]
+    tensors = [t for stack in adapter.weights for t in (stack.a, stack.b)]
     storages = {t.untyped_storage().data_ptr() for t in tensors}
-    assert len(tensors) == 2 * 7 * 2 and len(storages) == 1
+    assert len(tensors) == 2 * 7 and len(storages) == 1
+    assert all(stack.layers == (0, 1) for stack in adapter.weights)
     assert sum(t.nbytes for t in tensors) == tensors[0].untyped_storage().nbytes()

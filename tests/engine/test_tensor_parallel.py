@@ -22,6 +22,7 @@ from loraplex.config import check_tensor_parallel
 from loraplex.engine.args import EngineArgs
 from loraplex.engine.async_engine import EngineDeadError
 from loraplex.engine.context import ForwardContext
+from loraplex.engine.layers.lora import ModuleStack
 from loraplex.engine.model_runner import ModelInput
 from loraplex.engine.parallel import TensorParallelError
 from loraplex.engine.parallel.messages import (
@@ -157,18 +158,20 @@ def test_lora_slot_message_carries_every_tensor_bit_for_bit():
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator).to(torch.bfloat16)
 
-    weights = {
-        (0, "q_proj"): (rand(4, 128), rand(128, 4)),
-        (1, "down_proj"): (rand(8, 256), rand(128, 8)),
-        (1, "v_proj"): (rand(8, 128), rand(64, 8)),
-    }
+    weights = [
+        ModuleStack("q_proj", (0,), rand(1, 4, 128), rand(1, 128, 4)),
+        ModuleStack("down_proj", (1, 3), rand(2, 8, 256), rand(2, 128, 8)),
+        ModuleStack("v_proj", (0, 1, 2), rand(3, 8, 128), rand(3, 64, 8)),
+    ]
     header, payload = pack_lora_slot(3, weights, torch.device("cpu"))
     header = decode_header(encode_header(header))
     assert payload.dtype == torch.uint8 and payload.numel() == lora_payload_size(header)
     slot, got = unpack_lora_slot(header, payload.clone(), torch.bfloat16)
-    assert slot == 3 and list(got) == list(weights)
-    for key, (a, b) in weights.items():
-        assert torch.equal(got[key][0], a) and torch.equal(got[key][1], b)
+    assert slot == 3 and [(s.module, s.layers) for s in got] == [
+        (s.module, s.layers) for s in weights
+    ]
+    for sent, received in zip(weights, got, strict=True):
+        assert torch.equal(received.a, sent.a) and torch.equal(received.b, sent.b)
 
 
 # ---- parity -------------------------------------------------------------------------------

@@ -22,9 +22,6 @@ from loraplex.engine.distributed import all_reduce
 from loraplex.engine.layers.linear import LinearBase, RowParallelLinear
 from loraplex.kernels.reference import lora_expand_ref, lora_shrink_ref
 
-# (layer index, checkpoint module such as "q_proj") -> (A [r, in], B [out, r]) at full size.
-SlotWeights = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
-
 # Checkpoint module -> (attribute path of the engine's fused layer, slice index in it).
 LORA_TARGETS: dict[str, tuple[str, int]] = {
     "q_proj": ("self_attn.qkv_proj", 0),
@@ -105,8 +102,9 @@ class LoRALayers(dict):
 
 @dataclass(frozen=True)
 class ModuleStack:
-    """One adapter's weights for one module: A [layers, r, in] and B [layers, out, r] at full
-    size, for the layers listed (ascending)."""
+    """One adapter's weights for one checkpoint module (such as "q_proj"): A [layers, r, in]
+    and B [layers, out, r] at full size with the scaling folded into B, for the layers listed
+    (ascending)."""
 
     module: str
     layers: tuple[int, ...]
@@ -114,41 +112,8 @@ class ModuleStack:
     b: torch.Tensor
 
 
-def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """`torch.stack(tensors)`, as a view when they lie back to back in one buffer (as a
-    loaded adapter packs them)."""
-    first = tensors[0]
-    step = first.numel()
-    storage = first.untyped_storage().data_ptr()
-    consecutive = all(
-        t.is_contiguous()
-        and t.shape == first.shape
-        and t.untyped_storage().data_ptr() == storage
-        and t.storage_offset() == first.storage_offset() + i * step
-        for i, t in enumerate(tensors)
-    )
-    if not consecutive:
-        return torch.stack(tensors)
-    return first.as_strided((len(tensors), *first.shape), (step, *first.stride()))
-
-
-def module_stacks(weights: SlotWeights) -> list[ModuleStack]:
-    """An adapter's per-layer weights grouped by module, layers in ascending order."""
-    by_module: dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
-    for (layer, module), (a, b) in weights.items():
-        by_module.setdefault(module, []).append((layer, a, b))
-    stacks = []
-    for module, entries in by_module.items():
-        entries.sort(key=lambda entry: entry[0])
-        stacks.append(
-            ModuleStack(
-                module,
-                tuple(layer for layer, _, _ in entries),
-                _stacked([a for _, a, _ in entries]),
-                _stacked([b for _, _, b in entries]),
-            )
-        )
-    return stacks
+# An adapter's weights, module by module.
+SlotWeights = list[ModuleStack]
 
 
 def write_lora_slot(layers: LoRALayers, slot: int, weights: SlotWeights) -> None:
@@ -162,7 +127,7 @@ def write_lora_slot(layers: LoRALayers, slot: int, weights: SlotWeights) -> None
     sources: list[torch.Tensor] = []
     zeros: list[torch.Tensor] = []
     written = set()
-    for stack in _on_device(module_stacks(weights), device):
+    for stack in _on_device(weights, device):
         slots = layers.modules[stack.module]
         written.add(stack.module)
         rank = stack.a.shape[1]

@@ -7,7 +7,7 @@ tensor cast to the model dtype, so that a slot holds exactly what the kernels mu
 
 from __future__ import annotations
 
-import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from loraplex.adapter_format.peft import (
     pickle_refusal,
     validate_adapter_files,
 )
-from loraplex.engine.layers.lora import LORA_TARGETS
+from loraplex.engine.layers.lora import LORA_TARGETS, ModuleStack, SlotWeights
 from loraplex.lora_request import LoRARequest
 
 
@@ -34,12 +34,11 @@ class LoRAAdapter:
     name: str
     path: str
     rank: int
-    # (layer index, module name such as "q_proj") -> (A [r, in], B [out, r] with scaling folded)
-    weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+    weights: SlotWeights  # module by module, views of one (pinned) buffer
 
     @property
     def num_bytes(self) -> int:
-        return sum(a.nbytes + b.nbytes for a, b in self.weights.values())
+        return sum(stack.a.nbytes + stack.b.nbytes for stack in self.weights)
 
 
 def load_adapter(
@@ -69,24 +68,28 @@ def load_adapter(
         raise ValueError(f"LoRA {request.lora_name!r}: {exc}") from exc
     tensors = load_adapter_tensors(weights_path)
     scaling = spec.scaling
-    # Every tensor lives in one (pinned) buffer, so a slot load is a single host-to-GPU copy:
-    # all A matrices, then all B matrices, each module by module with its layers in order, so
-    # the slot writer takes a module's layers as one stacked view.
-    pairs = sorted(spec.pairs, key=lambda p: (list(LORA_TARGETS).index(p.module), p.layer))
-    sizes = [tensors[p.lora_a].numel() + tensors[p.lora_b].numel() for p in pairs]
+    # Every tensor lives in one (pinned) buffer, so a slot load is a single host-to-GPU copy,
+    # each module's layers back to back, so the slot writer copies a module in one go.
+    by_module: dict[str, list] = {}
+    for pair in sorted(spec.pairs, key=lambda p: p.layer):
+        by_module.setdefault(pair.module, []).append(pair)
+    modules = sorted(by_module, key=list(LORA_TARGETS).index)
+    shapes = []
+    for module in modules:
+        first = by_module[module][0]
+        count = len(by_module[module])
+        shapes += [(count, *tensors[first.lora_a].shape), (count, *tensors[first.lora_b].shape)]
+    sizes = [math.prod(shape) for shape in shapes]
     packed = torch.empty(sum(sizes), dtype=dtype, pin_memory=pin)
-    shapes = [tensors[p.lora_a].shape for p in pairs] + [tensors[p.lora_b].shape for p in pairs]
-    ends = list(itertools.accumulate(shape.numel() for shape in shapes))
-    views = [
-        packed[end - shape.numel() : end].view(shape)
-        for shape, end in zip(shapes, ends, strict=True)
-    ]
-    weights = {}
-    for pair, a, b in zip(pairs, views[: len(pairs)], views[len(pairs) :], strict=True):
-        a.copy_(tensors[pair.lora_a])
-        # Scale in float32, round once: as close as the model dtype allows to PEFT's own math.
-        b.copy_(tensors[pair.lora_b].float() * scaling)
-        weights[(pair.layer, pair.module)] = (a, b)
+    views = [part.view(shape) for part, shape in zip(packed.split(sizes), shapes, strict=True)]
+    weights = []
+    for i, module in enumerate(modules):
+        a, b = views[2 * i], views[2 * i + 1]
+        for j, pair in enumerate(by_module[module]):
+            a[j].copy_(tensors[pair.lora_a])
+            # Scale in float32, round once: as close as the model dtype allows to PEFT's math.
+            b[j].copy_(tensors[pair.lora_b].float() * scaling)
+        weights.append(ModuleStack(module, tuple(p.layer for p in by_module[module]), a, b))
     return LoRAAdapter(
         lora_int_id=request.lora_int_id,
         name=request.lora_name,

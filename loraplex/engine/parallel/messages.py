@@ -14,12 +14,11 @@ import numpy as np
 import torch
 
 from loraplex.engine.context import ForwardContext
-from loraplex.engine.layers.lora import LORA_TARGETS, SlotWeights
+from loraplex.engine.layers.lora import LORA_TARGETS, ModuleStack, SlotWeights
 from loraplex.engine.model_runner import ModelInput
 from loraplex.kernels.lora_meta import LoRAKernelMeta
 
 _MODULES = list(LORA_TARGETS)  # a module's number in a slot header
-_ENTRY_FIELDS = 6  # layer, module number, A rows, A columns, B rows, B columns
 
 
 class Command(IntEnum):
@@ -96,14 +95,16 @@ def unpack_step(header: list[int], payload: torch.Tensor, max_loras: int) -> Mod
 def pack_lora_slot(
     slot: int, weights: SlotWeights, device: torch.device
 ) -> tuple[list[int], torch.Tensor]:
-    """The header and the byte payload of one adapter's full-size weights for slot `slot`."""
+    """The header and the byte payload of one adapter's full-size weights for slot `slot`:
+    per module its number, layer count, rank, A columns, B rows and layer indices; the
+    payload holds each module's A then B."""
     entries: list[int] = []
-    # All A matrices, then all B matrices (the order a loaded adapter packs them in), so the
-    # receiving ranks can stack each module's layers without copying.
-    tensors: list[torch.Tensor] = [a.reshape(-1) for a, _ in weights.values()]
-    tensors += [b.reshape(-1) for _, b in weights.values()]
-    for (layer, module), (a, b) in weights.items():
-        entries += [layer, _MODULES.index(module), *a.shape, *b.shape]
+    tensors: list[torch.Tensor] = []
+    for stack in weights:
+        count, rank, columns = stack.a.shape
+        entries += [_MODULES.index(stack.module), count, rank, columns, stack.b.shape[1]]
+        entries += stack.layers
+        tensors += [stack.a.reshape(-1), stack.b.reshape(-1)]
     flat = torch.cat(tensors) if tensors else torch.empty(0)
     payload = flat.view(torch.uint8).to(device)
     header = [Command.WRITE_LORA_SLOT, slot, len(weights), payload.numel(), *entries]
@@ -119,17 +120,15 @@ def unpack_lora_slot(
 ) -> tuple[int, SlotWeights]:
     _, slot, count, _, *entries = header
     flat = payload.view(dtype)
-    shapes = [entries[i * _ENTRY_FIELDS : (i + 1) * _ENTRY_FIELDS] for i in range(count)]
-    a_sizes = [a_rows * a_cols for _, _, a_rows, a_cols, _, _ in shapes]
-    offset = sum(a_sizes)  # the B matrices follow all the A matrices
-    weights: SlotWeights = {}
-    a_offset = 0
-    for (layer, module, a_rows, a_cols, b_rows, b_cols), a_size in zip(
-        shapes, a_sizes, strict=True
-    ):
-        a = flat[a_offset : a_offset + a_size].view(a_rows, a_cols)
-        a_offset += a_size
-        b = flat[offset : offset + b_rows * b_cols].view(b_rows, b_cols)
-        offset += b_rows * b_cols
-        weights[(layer, _MODULES[module])] = (a, b)
+    weights: SlotWeights = []
+    field = offset = 0
+    for _ in range(count):
+        module, layers, rank, columns, rows = entries[field : field + 5]
+        indices = tuple(entries[field + 5 : field + 5 + layers])
+        field += 5 + layers
+        a = flat[offset : offset + layers * rank * columns].view(layers, rank, columns)
+        offset += a.numel()
+        b = flat[offset : offset + layers * rows * rank].view(layers, rows, rank)
+        offset += b.numel()
+        weights.append(ModuleStack(_MODULES[module], indices, a, b))
     return slot, weights

@@ -27,6 +27,20 @@ from loraplex.kernels.pdl import pdl_options, wait_for_previous
 
 
 @triton.jit
+def _prefetch_weights(w_ptr, offs_n, N, K, stride_wn, PREFETCH_K: tl.constexpr, LINE: tl.constexpr):
+    """Ask L2 for the first PREFETCH_K columns of this program's weight rows, one request per
+    128-byte line of LINE elements. Issued before the PDL wait: while the previous kernel (a
+    norm, attention, an activation: short and latency-bound) runs, the memory is idle."""
+    rows = w_ptr + tl.minimum(offs_n, N - 1)[:, None].to(tl.int64) * stride_wn
+    offs = tl.arange(0, 32) * LINE
+    for c in range(0, tl.minimum(K, PREFETCH_K), 32 * LINE):
+        ptrs = rows + tl.minimum(c + offs, K - 1)[None, :]
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+        )
+
+
+@triton.jit
 def _weight_tile(w_rows, kk, K, EVEN_K: tl.constexpr):
     if EVEN_K:
         w = tl.load(w_rows + kk[None, :])
@@ -93,6 +107,8 @@ def _gemv_dot_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PREFETCH_K: tl.constexpr,
+    LINE: tl.constexpr,
     PDL: tl.constexpr,
 ):
     offs_m = tl.arange(0, BLOCK_M)
@@ -105,6 +121,8 @@ def _gemv_dot_kernel(
     # No earlier kernel writes the weights: under PDL the first tile is read while the
     # previous kernel (whose output is x) finishes.
     w = _weight_tile(w_rows, offs_k, K, EVEN_K)
+    if PREFETCH_K > 0:
+        _prefetch_weights(w_ptr, offs_n, N, K, stride_wn, PREFETCH_K, LINE)
     wait_for_previous(PDL)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     acc = _dot_step(acc, w, x_cols, offs_k, m_mask, K, FP8, NATIVE_FP8, EVEN_K, IEEE)
@@ -140,12 +158,16 @@ def _gemv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PREFETCH_K: tl.constexpr,
+    LINE: tl.constexpr,
     PDL: tl.constexpr,
 ):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if PREFETCH_K > 0:
+        _prefetch_weights(w_ptr, offs_n, N, K, stride_wn, PREFETCH_K, LINE)
     wait_for_previous(PDL)
     offs_m = tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
@@ -204,13 +226,17 @@ def launch_gemv(
         x.stride(0), weight.stride(0), out.stride(0),
     )  # fmt: skip
     grid = (triton.cdiv(n, cfg["block_n"]),)
-    launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    pdl = pdl_options(x.device)
+    # Prefetching only pays while a previous kernel runs, i.e. under PDL.
+    prefetch = {"PREFETCH_K": cfg.get("prefetch_k", 0) if pdl["PDL"] else 0,
+                "LINE": 128 // weight.element_size()}  # fmt: skip
+    launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], **prefetch, **pdl}
     if cfg.get("tensor_cores"):
         _gemv_dot_kernel[grid](
             *args, FP8=fp8, NATIVE_FP8=fp8 and cfg.get("native_fp8", False),
             HAS_BIAS=bias is not None, EVEN_K=k % cfg["block_k"] == 0,
             IEEE=x.dtype == torch.float32, BLOCK_M=16, BLOCK_N=cfg["block_n"],
-            BLOCK_K=cfg["block_k"], **launch, **pdl_options(x.device),
+            BLOCK_K=cfg["block_k"], **launch,
         )  # fmt: skip
     else:
         block_m = triton.next_power_of_2(m)
@@ -218,7 +244,7 @@ def launch_gemv(
         block_k = max(cfg["block_k"] // block_m, 16)
         _gemv_kernel[grid](
             *args, FP8=fp8, HAS_BIAS=bias is not None, BLOCK_M=block_m,
-            BLOCK_N=cfg["block_n"], BLOCK_K=block_k, **launch, **pdl_options(x.device),
+            BLOCK_N=cfg["block_n"], BLOCK_K=block_k, **launch,
         )  # fmt: skip
     return out
 

@@ -35,12 +35,15 @@ def test_pdl_chain_matches_plain_launches_eagerly_and_in_a_graph(monkeypatch):
 
     x, residual, norm_weight = randn(1, hidden), randn(1, hidden), randn(hidden)
     gate_up, down = randn(2 * inter, hidden, scale=0.03), randn(hidden, inter, scale=0.02)
-    config = {**launch_config("gemv", "default", x.device), "tensor_cores": True}
+    # Both GEMV variants, each asking L2 for weights before its wait.
+    default = launch_config("gemv", "default", x.device)
+    dot = {**default, "tensor_cores": True, "block_n": 64, "block_k": 128, "prefetch_k": 512}
+    fma = {**default, "tensor_cores": False, "block_n": 8, "block_k": 512, "prefetch_k": 4096}
 
     def chain():
         normed, summed = rms_norm(x, norm_weight, 1e-6, residual)
-        act = silu_and_mul(gemv(normed, gate_up, config=config))
-        return gemv(act, down, config=config) + summed
+        act = silu_and_mul(gemv(normed, gate_up, config=dot))
+        return gemv(act, down, config=fma) + summed
 
     _set_pdl(monkeypatch, False)
     want = chain()

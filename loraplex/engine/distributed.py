@@ -59,9 +59,12 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
 
 class _SymmetricMemoryAllReduce:
     """All-reduces of up to MAX_BYTES through buffers every rank maps (PyTorch's symmetric
-    memory): copy in, reduce in place by reading the peers' buffers, copy out."""
+    memory). Up to ONE_SHOT_BYTES (a decode step's hidden states), one kernel copies x in and
+    sums every rank's buffer into x: one round of peer reads, the least latency. Larger ones
+    copy in, reduce in place in two rounds (reduce-scatter, all-gather), copy out."""
 
     MAX_BYTES = 8 << 20
+    ONE_SHOT_BYTES = 256 << 10
 
     def __init__(self, device: torch.device) -> None:
         from torch.distributed import _symmetric_memory as symmetric_memory
@@ -73,6 +76,8 @@ class _SymmetricMemoryAllReduce:
             buffer = symmetric_memory.empty(size, dtype=dtype, device=device)
             symmetric_memory.rendezvous(buffer, self.group_name)
             self.buffers[dtype] = buffer
+        # Not in every PyTorch build that has symmetric memory.
+        self.one_shot = getattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out", None)
 
     def fits(self, x: torch.Tensor) -> bool:
         return (
@@ -83,9 +88,13 @@ class _SymmetricMemoryAllReduce:
 
     def all_reduce_(self, x: torch.Tensor) -> None:
         buffer = self.buffers[x.dtype][: x.numel()]
-        buffer.copy_(x.view(-1))
+        flat = x.view(-1)
+        if self.one_shot is not None and x.numel() * x.element_size() <= self.ONE_SHOT_BYTES:
+            self.one_shot(buffer, flat, "sum", self.group_name, flat)
+            return
+        buffer.copy_(flat)
         torch.ops.symm_mem.two_shot_all_reduce_(buffer, "sum", self.group_name)
-        x.view(-1).copy_(buffer)
+        flat.copy_(buffer)
 
 
 def setup_fast_all_reduce(device: torch.device) -> bool:

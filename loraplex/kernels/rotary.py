@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from loraplex.kernels.pdl import pdl_options, wait_for_previous
+from loraplex.kernels.store_kv import KVWrite, _store_token, check_store, store_launch_args
 
 
 @triton.jit
@@ -61,6 +62,28 @@ def _rotary_kernel(
     BLOCK_HK: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
     PDL: tl.constexpr,
+    STORE: tl.constexpr,
+    value_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_mapping_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    stride_v_tok,
+    stride_v_head,
+    stride_kc_block,
+    stride_kc_slot,
+    stride_kc_head,
+    stride_vc_block,
+    stride_vc_slot,
+    stride_vc_head,
+    NUM_KV_HEADS: tl.constexpr = 1,
+    HEAD_DIM: tl.constexpr = 1,
+    BLOCK_H: tl.constexpr = 1,
+    BLOCK_D: tl.constexpr = 1,
+    PAGE_SIZE: tl.constexpr = 1,
+    KV_FP8: tl.constexpr = False,
+    FP8_MAX_VALUE: tl.constexpr = 448.0,
 ):
     wait_for_previous(PDL)
     tok = tl.program_id(0).to(tl.int64)
@@ -74,6 +97,27 @@ def _rotary_kernel(
     sin = sin.to(q_ptr.dtype.element_ty)[None, :]
     _rotate(q_ptr, stride_q_tok, stride_q_head, tok, cos, sin, offs_d, NUM_Q_HEADS, HALF, BLOCK_HQ)
     _rotate(k_ptr, stride_k_tok, stride_k_head, tok, cos, sin, offs_d, NUM_K_HEADS, HALF, BLOCK_HK)
+    if STORE:
+        # The rotated keys are read back from memory: every thread's writes above are
+        # visible to the whole program after the barrier.
+        tl.debug_barrier()
+        _store_token(
+            tok, k_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr, k_scale_ptr,
+            v_scale_ptr, stride_k_tok, stride_k_head, stride_v_tok, stride_v_head,
+            stride_kc_block, stride_kc_slot, stride_kc_head, stride_vc_block, stride_vc_slot,
+            stride_vc_head, NUM_KV_HEADS, HEAD_DIM, BLOCK_H, BLOCK_D, PAGE_SIZE, KV_FP8,
+            FP8_MAX_VALUE,
+        )  # fmt: skip
+
+
+# The cache-write arguments of `_rotary_kernel` (see `store_kv.store_launch_args`).
+_STORE_POINTERS = (
+    "value_ptr", "k_cache_ptr", "v_cache_ptr", "slot_mapping_ptr", "k_scale_ptr", "v_scale_ptr"
+)  # fmt: skip
+_STORE_STRIDES = (
+    "stride_v_tok", "stride_v_head", "stride_kc_block", "stride_kc_slot", "stride_kc_head",
+    "stride_vc_block", "stride_vc_slot", "stride_vc_head",
+)  # fmt: skip
 
 
 def rotary_embedding(
@@ -82,11 +126,13 @@ def rotary_embedding(
     k: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
+    kv: KVWrite | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate `q [T, Hq, D]` and `k [T, Hk, D]` in place by `positions [T]`; returns them.
 
     `cos`, `sin`: [max_positions, D] float32 caches. q and k may be views into one qkv tensor
-    (any token and head strides, unit stride along D)."""
+    (any token and head strides, unit stride along D). With `kv`, the same launch then writes
+    the rotated keys and `kv.value` into the paged cache, as `store_kv` would."""
     num_tokens, num_q_heads, head_dim = q.shape
     if k.shape[0] != num_tokens or k.shape[2] != head_dim or head_dim % 2:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} do not match")
@@ -96,6 +142,13 @@ def rotary_embedding(
         raise ValueError(f"cos/sin caches {tuple(cos.shape)} do not fit head_dim {head_dim}")
     if positions.shape != (num_tokens,):
         raise ValueError(f"positions has shape {tuple(positions.shape)}, expected ({num_tokens},)")
+    if kv is not None:
+        check_store(k, kv)
+        store = store_launch_args(k, kv)
+        for shared in ("key_ptr", "stride_k_tok", "stride_k_head"):  # the rotary's own k
+            del store[shared]
+    else:  # no cache write: any pointer, zero strides, for arguments never read
+        store = {name: q for name in _STORE_POINTERS} | dict.fromkeys(_STORE_STRIDES, 0)
     if num_tokens:
         half = head_dim // 2
         _rotary_kernel[(num_tokens,)](
@@ -115,8 +168,10 @@ def rotary_embedding(
             BLOCK_HQ=triton.next_power_of_2(num_q_heads),
             BLOCK_HK=triton.next_power_of_2(k.shape[1]),
             BLOCK_HALF=triton.next_power_of_2(half),
+            **pdl_options(q.device),
+            STORE=kv is not None,
+            **store,
             num_warps=4,
             enable_fp_fusion=False,
-            **pdl_options(q.device),
         )
     return q, k

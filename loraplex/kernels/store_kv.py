@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -15,59 +17,99 @@ FP8_MAX = torch.finfo(FP8_DTYPE).max
 
 
 @triton.jit
-def _store_kv_kernel(
-    key_ptr,
-    value_ptr,
-    k_cache_ptr,
-    v_cache_ptr,
-    slot_mapping_ptr,
-    k_scale_ptr,
-    v_scale_ptr,
-    stride_k_tok,
-    stride_k_head,
-    stride_v_tok,
-    stride_v_head,
-    stride_kc_block,
-    stride_kc_slot,
-    stride_kc_head,
-    stride_vc_block,
-    stride_vc_slot,
-    stride_vc_head,
-    NUM_KV_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PAGE_SIZE: tl.constexpr,
-    KV_FP8: tl.constexpr,
+def _store_token(
+    tok, key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr, k_scale_ptr,
+    v_scale_ptr, stride_k_tok, stride_k_head, stride_v_tok, stride_v_head, stride_kc_block,
+    stride_kc_slot, stride_kc_head, stride_vc_block, stride_vc_slot, stride_vc_head,
+    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, KV_FP8: tl.constexpr,
     FP8_MAX_VALUE: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    wait_for_previous(PDL)
-    tok = tl.program_id(0)
+):  # fmt: skip
+    """Write token `tok`'s key and value heads into its cache slot (none for slot -1)."""
     slot = tl.load(slot_mapping_ptr + tok)
-    if slot < 0:
-        return
-    offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_h[:, None] < NUM_KV_HEADS) & (offs_d[None, :] < HEAD_DIM)
-    block = slot // PAGE_SIZE
-    offset = slot % PAGE_SIZE
-    src = tok.to(tl.int64) * stride_k_tok + offs_h[:, None] * stride_k_head + offs_d[None, :]
-    key = tl.load(key_ptr + src, mask=mask)
-    src = tok.to(tl.int64) * stride_v_tok + offs_h[:, None] * stride_v_head + offs_d[None, :]
-    value = tl.load(value_ptr + src, mask=mask)
-    if KV_FP8:
-        # IEEE division (Triton's `/` is approximate) to round exactly like the reference.
-        key = tl.math.div_rn(key.to(tl.float32), tl.load(k_scale_ptr))
-        key = tl.clamp(key, -FP8_MAX_VALUE, FP8_MAX_VALUE)
-        value = tl.math.div_rn(value.to(tl.float32), tl.load(v_scale_ptr))
-        value = tl.clamp(value, -FP8_MAX_VALUE, FP8_MAX_VALUE)
-    dst = block * stride_kc_block + offset * stride_kc_slot
-    dst = dst + offs_h[:, None] * stride_kc_head + offs_d[None, :]
-    tl.store(k_cache_ptr + dst, key.to(k_cache_ptr.dtype.element_ty), mask=mask)
-    dst = block * stride_vc_block + offset * stride_vc_slot
-    dst = dst + offs_h[:, None] * stride_vc_head + offs_d[None, :]
-    tl.store(v_cache_ptr + dst, value.to(v_cache_ptr.dtype.element_ty), mask=mask)
+    if slot >= 0:
+        offs_h = tl.arange(0, BLOCK_H)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask = (offs_h[:, None] < NUM_KV_HEADS) & (offs_d[None, :] < HEAD_DIM)
+        block = slot // PAGE_SIZE
+        offset = slot % PAGE_SIZE
+        src = tok * stride_k_tok + offs_h[:, None] * stride_k_head + offs_d[None, :]
+        key = tl.load(key_ptr + src, mask=mask)
+        src = tok * stride_v_tok + offs_h[:, None] * stride_v_head + offs_d[None, :]
+        value = tl.load(value_ptr + src, mask=mask)
+        if KV_FP8:
+            # IEEE division (Triton's `/` is approximate) to round exactly like the reference.
+            key = tl.math.div_rn(key.to(tl.float32), tl.load(k_scale_ptr))
+            key = tl.clamp(key, -FP8_MAX_VALUE, FP8_MAX_VALUE)
+            value = tl.math.div_rn(value.to(tl.float32), tl.load(v_scale_ptr))
+            value = tl.clamp(value, -FP8_MAX_VALUE, FP8_MAX_VALUE)
+        dst = block * stride_kc_block + offset * stride_kc_slot
+        dst = dst + offs_h[:, None] * stride_kc_head + offs_d[None, :]
+        tl.store(k_cache_ptr + dst, key.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        dst = block * stride_vc_block + offset * stride_vc_slot
+        dst = dst + offs_h[:, None] * stride_vc_head + offs_d[None, :]
+        tl.store(v_cache_ptr + dst, value.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_kv_kernel(
+    key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr, k_scale_ptr, v_scale_ptr,
+    stride_k_tok, stride_k_head, stride_v_tok, stride_v_head, stride_kc_block, stride_kc_slot,
+    stride_kc_head, stride_vc_block, stride_vc_slot, stride_vc_head,
+    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, KV_FP8: tl.constexpr,
+    FP8_MAX_VALUE: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    wait_for_previous(PDL)
+    _store_token(
+        tl.program_id(0).to(tl.int64), key_ptr, value_ptr, k_cache_ptr, v_cache_ptr,
+        slot_mapping_ptr, k_scale_ptr, v_scale_ptr, stride_k_tok, stride_k_head, stride_v_tok,
+        stride_v_head, stride_kc_block, stride_kc_slot, stride_kc_head, stride_vc_block,
+        stride_vc_slot, stride_vc_head, NUM_KV_HEADS, HEAD_DIM, BLOCK_H, BLOCK_D, PAGE_SIZE,
+        KV_FP8, FP8_MAX_VALUE,
+    )  # fmt: skip
+
+
+class KVWrite(NamedTuple):
+    """Where a step's keys and values go: `value` [T, Hkv, D] (the keys are the caller's),
+    the caches, each token's slot and the fp8 scales (see `store_kv`)."""
+
+    value: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    slot_mapping: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+
+
+def store_launch_args(key: torch.Tensor, kv: KVWrite) -> dict:
+    """The arguments of `_store_token` after `tok`, by name, for arguments `check_store`
+    accepted (kernels that call it take the same names)."""
+    k_cache, v_cache = kv.k_cache, kv.v_cache
+    names = ("stride_kc_block", "stride_kc_slot", "stride_kc_head", "stride_vc_block",
+             "stride_vc_slot", "stride_vc_head")  # fmt: skip
+    strides = dict(zip(names, (*k_cache.stride()[:3], *v_cache.stride()[:3]), strict=True))
+    return {
+        "key_ptr": key,
+        "value_ptr": kv.value,
+        "k_cache_ptr": k_cache,
+        "v_cache_ptr": v_cache,
+        "slot_mapping_ptr": kv.slot_mapping,
+        "k_scale_ptr": checked_scale(kv.k_scale, "k_scale", key.device),
+        "v_scale_ptr": checked_scale(kv.v_scale, "v_scale", key.device),
+        "stride_k_tok": key.stride(0),
+        "stride_k_head": key.stride(1),
+        "stride_v_tok": kv.value.stride(0),
+        "stride_v_head": kv.value.stride(1),
+        **strides,
+        "NUM_KV_HEADS": key.shape[1],
+        "HEAD_DIM": key.shape[2],
+        "BLOCK_H": triton.next_power_of_2(key.shape[1]),
+        "BLOCK_D": triton.next_power_of_2(key.shape[2]),
+        "PAGE_SIZE": k_cache.shape[1],
+        "KV_FP8": k_cache.dtype == FP8_DTYPE,
+        "FP8_MAX_VALUE": FP8_MAX,
+    }
 
 
 def store_kv(
@@ -91,6 +133,20 @@ def store_kv(
     k_scale, v_scale: 0-d or 1-element float32 tensors (None means 1.0).
     Slots are not range-checked on the host (that would need a device sync).
     """
+    check_store(key, KVWrite(value, k_cache, v_cache, slot_mapping))
+    if key.shape[0] == 0:
+        return
+    args = store_launch_args(key, KVWrite(value, k_cache, v_cache, slot_mapping, k_scale, v_scale))
+    _store_kv_kernel[(key.shape[0],)](
+        **args,
+        num_warps=4 if args["BLOCK_H"] * args["BLOCK_D"] >= 1024 else 1,
+        **pdl_options(key.device),
+    )
+
+
+def check_store(key: torch.Tensor, kv: KVWrite) -> None:
+    """ValueError unless the keys, values, caches and slots fit together (see `store_kv`)."""
+    value, k_cache, v_cache, slot_mapping = kv.value, kv.k_cache, kv.v_cache, kv.slot_mapping
     if key.dim() != 3 or key.shape != value.shape or key.dtype != value.dtype:
         raise ValueError(
             f"key and value must be [T, Hkv, D] of one dtype, "
@@ -122,35 +178,3 @@ def store_kv(
     ):
         if tensor.device != key.device:
             raise ValueError(f"{name} is on {tensor.device}, key on {key.device}")
-    if key.shape[0] == 0:
-        return
-    fp8 = k_cache.dtype == FP8_DTYPE
-    k_scale = checked_scale(k_scale, "k_scale", key.device)
-    v_scale = checked_scale(v_scale, "v_scale", key.device)
-    num_kv_heads, head_dim = key.shape[1], key.shape[2]
-    block_d = triton.next_power_of_2(head_dim)
-    block_h = triton.next_power_of_2(num_kv_heads)
-    _store_kv_kernel[(key.shape[0],)](
-        key,
-        value,
-        k_cache,
-        v_cache,
-        slot_mapping,
-        k_scale,
-        v_scale,
-        key.stride(0),
-        key.stride(1),
-        value.stride(0),
-        value.stride(1),
-        *k_cache.stride()[:3],
-        *v_cache.stride()[:3],
-        NUM_KV_HEADS=num_kv_heads,
-        HEAD_DIM=head_dim,
-        BLOCK_H=block_h,
-        BLOCK_D=block_d,
-        PAGE_SIZE=k_cache.shape[1],
-        KV_FP8=fp8,
-        FP8_MAX_VALUE=FP8_MAX,
-        num_warps=4 if block_h * block_d >= 1024 else 1,
-        **pdl_options(key.device),
-    )

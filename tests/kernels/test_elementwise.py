@@ -9,10 +9,16 @@ import pytest
 import torch
 
 from loraplex.engine.layers.rotary import RotaryEmbedding, rope_parameters
-from loraplex.kernels.reference import rms_norm_ref, rotary_embedding_ref, silu_and_mul_ref
+from loraplex.kernels.reference import (
+    FP8_DTYPE,
+    rms_norm_ref,
+    rotary_embedding_ref,
+    silu_and_mul_ref,
+)
 from loraplex.kernels.rms_norm import rms_norm
 from loraplex.kernels.rotary import rotary_embedding
 from loraplex.kernels.silu_and_mul import silu_and_mul
+from loraplex.kernels.store_kv import KVWrite, store_kv
 
 CPU_DTYPES = [torch.float32, torch.float16]
 
@@ -130,3 +136,55 @@ def test_elementwise_gpu_round_like_eager(dtype, tokens):
     _check_rotary(tokens, 32, 8, 128, dtype, "cuda", exact=True)
     _check_rotary(tokens, 28, 4, 64, dtype, "cuda", exact=True)
     _check_silu(tokens, 14336, dtype, "cuda", exact=False)
+
+
+def _check_rotary_with_cache_write(tokens, num_q, num_k, head_dim, dtype, device, cache_dtype):
+    """The fused launch leaves q, k and both caches exactly as rotary then `store_kv` do."""
+    rope, qkv, _, _, positions = _rotary_problem(tokens, num_q, num_k, head_dim, dtype, device)
+    blocks, page = 8, 16
+    generator = torch.Generator().manual_seed(7)
+    slots = torch.randperm(blocks * page, generator=generator)[:tokens].to(device)
+    slots[::5] = -1  # padding tokens write nothing
+    scale = torch.tensor(0.5, device=device) if cache_dtype == FP8_DTYPE else None
+    caches = []
+    for fused in (False, True):
+        work = qkv.clone()
+        wq, wk, _ = work.split([num_q * head_dim, num_k * head_dim, num_k * head_dim], dim=-1)
+        wq, wk = wq.view(tokens, num_q, head_dim), wk.view(tokens, num_k, head_dim)
+        wv = work[:, (num_q + num_k) * head_dim :].view(tokens, num_k, head_dim)
+        shape = (blocks, page, num_k, head_dim)
+        k_cache = torch.full(shape, 3.0, device=device).to(cache_dtype)  # poisoned
+        v_cache = torch.full(shape, 3.0, device=device).to(cache_dtype)
+        if fused:
+            kv = KVWrite(wv, k_cache, v_cache, slots, scale, scale)
+            rotary_embedding(positions, wq, wk, rope.cos, rope.sin, kv=kv)
+        else:
+            rotary_embedding(positions, wq, wk, rope.cos, rope.sin)
+            store_kv(wk, wv, k_cache, v_cache, slots, scale, scale)
+        caches.append((work, k_cache.float(), v_cache.float()))
+    for separate, fused in zip(caches[0], caches[1], strict=True):
+        torch.testing.assert_close(fused, separate, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("cache", ["same", "fp8"])
+def test_rotary_can_write_the_kv_cache_in_the_same_launch(dtype, cache):
+    cache_dtype = FP8_DTYPE if cache == "fp8" else dtype
+    _check_rotary_with_cache_write(11, 4, 2, 64, dtype, "cpu", cache_dtype)
+
+
+def test_rotary_cache_write_is_checked_like_store_kv():
+    rope, _, q, k, positions = _rotary_problem(3, 4, 2, 64, torch.float32, "cpu")
+    cache = torch.zeros(2, 16, 2, 64)
+    bad_slots = torch.zeros(3, dtype=torch.int32)
+    with pytest.raises(ValueError, match="slot_mapping must be int64"):
+        rotary_embedding(
+            positions, q, k, rope.cos, rope.sin, kv=KVWrite(k, cache, cache, bad_slots)
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache", ["same", "fp8"])
+def test_rotary_with_cache_write_gpu(cache):
+    cache_dtype = FP8_DTYPE if cache == "fp8" else torch.bfloat16
+    _check_rotary_with_cache_write(64, 32, 8, 128, torch.bfloat16, "cuda", cache_dtype)

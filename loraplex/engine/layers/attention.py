@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from loraplex.engine.context import get_forward_context
+from loraplex.engine.layers.rotary import RotaryEmbedding
 from loraplex.kernels import reference
+from loraplex.kernels.store_kv import KVWrite
 
 
 class Attention(nn.Module):
@@ -33,11 +35,25 @@ class Attention(nn.Module):
         self.k_scale: torch.Tensor | None = None
         self.v_scale: torch.Tensor | None = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: [T, Hq, D], k, v: [T, Hkv, D] -> [T, Hq * D]."""
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rotary: RotaryEmbedding | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """q: [T, Hq, D], k, v: [T, Hkv, D] -> [T, Hq * D]; with `rotary`, q and k are first
+        rotated by `positions` (on CUDA in the same launch that writes the cache)."""
         ctx = get_forward_context()
         store, attend = _ops(q.device)
-        store(k, v, self.k_cache, self.v_cache, ctx.slot_mapping, self.k_scale, self.v_scale)
+        cache = (self.k_cache, self.v_cache, ctx.slot_mapping, self.k_scale, self.v_scale)
+        if rotary is not None and q.is_cuda:
+            q, k = rotary(positions, q, k, KVWrite(v, *cache))
+        else:
+            if rotary is not None:
+                q, k = rotary(positions, q, k)
+            store(k, v, *cache)
         out = attend(
             q,
             self.k_cache,

@@ -6,12 +6,15 @@ Frequencies are computed the way transformers computes them, so positions rotate
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from loraplex.kernels import reference
+
+if TYPE_CHECKING:
+    from loraplex.kernels.store_kv import KVWrite
 
 
 def rope_parameters(hf_config: Any) -> dict[str, Any]:
@@ -64,12 +67,19 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", emb.sin(), persistent=False)
 
     def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        kv: KVWrite | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, Hq, D], k: [T, Hkv, D] rotated for each token's position (in place on CUDA,
-        where they are views into the fused qkv output)."""
+        where they are views into the fused qkv output). On CUDA a `kernels.store_kv.KVWrite`
+        also writes the rotated keys and its values into the paged cache in the same launch."""
         if q.device.type == "cuda":
             from loraplex.kernels.rotary import rotary_embedding
 
-            return rotary_embedding(positions, q, k, self.cos, self.sin)
+            return rotary_embedding(positions, q, k, self.cos, self.sin, kv)
+        if kv is not None:
+            raise ValueError("the fused cache write runs on CUDA only")
         return reference.rotary_embedding_ref(positions, q, k, self.cos, self.sin)

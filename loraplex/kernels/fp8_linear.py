@@ -16,6 +16,7 @@ import triton.language as tl
 
 from loraplex.kernels.gemv import launch_gemv, shape_config
 from loraplex.kernels.launch_config import launch_config
+from loraplex.kernels.pdl import pdl_options, wait_for_previous
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max
@@ -52,18 +53,28 @@ def _quantize_per_token_kernel(
     BLOCK_K: tl.constexpr,
     FP8_MAX_VALUE: tl.constexpr,
     MIN: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs_m = row + tl.arange(0, 1)
-    m_mask = offs_m >= 0
-    scale = _row_scales(x_ptr, stride_xm, offs_m, m_mask, K, BLOCK_K, FP8_MAX_VALUE, MIN)
     offs_k = tl.arange(0, BLOCK_K)
-    for k in range(0, K, BLOCK_K):
-        kk = k + offs_k
-        mask = kk[None, :] < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=mask, other=0.0)
+    if BLOCK_K >= K:  # the whole row in registers: one read
+        mask = offs_k[None, :] < K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask, other=0.0)
+        amax = tl.max(tl.abs(x.to(tl.float32)), axis=1)
+        scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX_VALUE), MIN)
         q = _quantize(x, scale, FP8_MAX_VALUE)
-        tl.store(q_ptr + offs_m[:, None] * stride_qm + kk[None, :], q, mask=mask)
+        tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
+    else:
+        m_mask = offs_m >= 0
+        scale = _row_scales(x_ptr, stride_xm, offs_m, m_mask, K, BLOCK_K, FP8_MAX_VALUE, MIN)
+        for k in range(0, K, BLOCK_K):
+            kk = k + offs_k
+            mask = kk[None, :] < K
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=mask, other=0.0)
+            q = _quantize(x, scale, FP8_MAX_VALUE)
+            tl.store(q_ptr + offs_m[:, None] * stride_qm + kk[None, :], q, mask=mask)
     tl.store(scale_ptr + offs_m, scale)
 
 
@@ -75,10 +86,12 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty((rows, k), dtype=FP8_DTYPE, device=x.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
     if rows:
+        # Rows up to 16K values are read once, kept in registers (32 per thread).
+        block_k = min(triton.next_power_of_2(k), 16384)
         _quantize_per_token_kernel[(rows,)](
             x, q, scale, k, x.stride(0), q.stride(0),
-            BLOCK_K=min(triton.next_power_of_2(k), 4096), FP8_MAX_VALUE=FP8_MAX, MIN=MIN_SCALE,
-            num_warps=8,
+            BLOCK_K=block_k, FP8_MAX_VALUE=FP8_MAX, MIN=MIN_SCALE,
+            num_warps=max(4, min(16, block_k // 1024)), **pdl_options(x.device),
         )  # fmt: skip
     return q, scale
 

@@ -44,8 +44,9 @@ def _reference(x, weight, weight_scale, bias):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("rows", [1, 3])
-def test_quantize_per_token_equals_quantize_rows(dtype, rows):
-    x = _exact_activations(rows, 100, dtype, "cpu", seed=rows)
+@pytest.mark.parametrize("k", [100, 20000])  # one read per row, or a loop over the row
+def test_quantize_per_token_equals_quantize_rows(dtype, rows, k):
+    x = _exact_activations(rows, k, dtype, "cpu", seed=rows)
     q, scale = quantize_per_token(x)
     want_q, want_scale = quantize_rows(x)
     torch.testing.assert_close(scale, want_scale, rtol=0, atol=0)

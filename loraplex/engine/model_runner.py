@@ -85,6 +85,8 @@ class ModelRunner:
             for module in self.model.modules():
                 if hasattr(module, "quantize_fp8_"):  # linear layers and stacked experts
                     module.quantize_fp8_()
+        for layer in self.model.model.layers:
+            layer.use_fp8_activations()
         self.model.eval()
         self.lora_layers = LoRALayers({}, {})
         if config.lora is not None:

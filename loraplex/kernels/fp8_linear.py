@@ -30,6 +30,41 @@ def _quantize(x, scale, FP8_MAX_VALUE):
 
 
 @triton.jit
+def quantize_row(values, mask, FP8_MAX_VALUE: tl.constexpr, MIN: tl.constexpr):
+    """(values / scale as fp8, scale) for one row a program holds whole, scale = max |row| /
+    448 (at least MIN), rounded exactly as `quantize_rows` rounds: for kernels that produce an
+    activation and hand an fp8 linear layer its quantization too."""
+    v = values.to(tl.float32)
+    amax = tl.max(tl.where(mask, tl.abs(v), 0.0), axis=0)
+    scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX_VALUE), MIN)
+    q = tl.clamp(tl.math.div_rn(v, scale), -FP8_MAX_VALUE, FP8_MAX_VALUE)
+    return q.to(tl.float8e4nv), scale
+
+
+def fp8_outputs(rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty (q [rows, cols] fp8, scale [rows, 1] float32) for a kernel to fill."""
+    return (
+        torch.empty((rows, cols), dtype=FP8_DTYPE, device=device),
+        torch.empty((rows, 1), dtype=torch.float32, device=device),
+    )
+
+
+def check_fp8_outputs(
+    quantized: tuple[torch.Tensor, torch.Tensor], rows: int, cols: int, device: torch.device
+) -> None:
+    """ValueError unless (q, scale) can take the quantization of a [rows, cols] activation."""
+    q, scale = quantized
+    if q.shape != (rows, cols) or q.dtype != FP8_DTYPE or q.stride(-1) != 1:
+        raise ValueError(f"q must be fp8 [{rows}, {cols}], got {q.dtype} {tuple(q.shape)}")
+    if scale.shape != (rows, 1) or scale.dtype != torch.float32 or not scale.is_contiguous():
+        raise ValueError(
+            f"scale must be float32 [{rows}, 1], got {scale.dtype} {tuple(scale.shape)}"
+        )
+    if q.device != device or scale.device != device:
+        raise ValueError(f"q and scale must be on {device}")
+
+
+@triton.jit
 def _row_scales(x_ptr, stride_xm, offs_m, m_mask, K, BLOCK_K: tl.constexpr, FP8_MAX_VALUE, MIN):
     """Per-row max |x| / FP8_MAX (at least MIN) over all K columns, float32 [BLOCK_M]."""
     offs_k = tl.arange(0, BLOCK_K)
@@ -107,15 +142,17 @@ def fp8_gemv(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     config: dict | None = None,
+    quantized: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """x [M, K] (bf16/fp16/fp32, M at most `small_m_limit`), weight [N, K] fp8, weight_scale
-    [N] float32 -> [M, N] in x's dtype, x quantized per row first."""
+    [N] float32 -> [M, N] in x's dtype, x quantized per row first (unless `quantized` holds
+    that already: q [M, K] fp8, scale [M, 1])."""
     if weight.dtype != FP8_DTYPE:
         raise ValueError(f"weight must be fp8, got {weight.dtype} {tuple(weight.shape)}")
     cfg = config or shape_config("fp8_gemv", *weight.shape, x.device)
     if x.shape[0] > cfg["max_m"]:  # before quantizing: the same error as the GEMV's
         raise ValueError(f"a GEMV takes at most {cfg['max_m']} rows, got {x.shape[0]}")
-    q, scale = quantize_per_token(x.contiguous())
+    q, scale = quantized if quantized is not None else quantize_per_token(x.contiguous())
     return launch_gemv(
         q, weight, bias, cfg, x_scale=scale, weight_scale=weight_scale, out_dtype=x.dtype
     )

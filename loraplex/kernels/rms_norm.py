@@ -12,6 +12,12 @@ import torch
 import triton
 import triton.language as tl
 
+from loraplex.kernels.fp8_linear import (
+    FP8_MAX,
+    MIN_SCALE,
+    check_fp8_outputs,
+    quantize_row,
+)
 from loraplex.kernels.pdl import pdl_options, wait_for_previous
 
 
@@ -28,7 +34,13 @@ def _rms_norm_kernel(
     stride_residual_out,
     num_cols,
     eps,
+    q_ptr,
+    scale_ptr,
+    stride_q,
     HAS_RESIDUAL: tl.constexpr,
+    QUANTIZE: tl.constexpr,
+    FP8_MAX_VALUE: tl.constexpr,
+    MIN: tl.constexpr,
     BLOCK: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -48,6 +60,10 @@ def _rms_norm_kernel(
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0)
     out = weight * h
     tl.store(out_ptr + row * stride_out + offs, out, mask=mask)
+    if QUANTIZE:
+        q, scale = quantize_row(out, mask, FP8_MAX_VALUE, MIN)
+        tl.store(q_ptr + row * stride_q + offs, q, mask=mask)
+        tl.store(scale_ptr + row, scale)
 
 
 def rms_norm(
@@ -55,9 +71,11 @@ def rms_norm(
     weight: torch.Tensor,
     eps: float,
     residual: torch.Tensor | None = None,
+    quantized: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm of `x [T, H]`; with `residual`, of `x + residual`, returned with that sum (the
-    next residual) as `(normed, x + residual)`."""
+    next residual) as `(normed, x + residual)`. With `quantized` (q [T, H] fp8, scale [T, 1]
+    float32, see `fp8_linear.fp8_outputs`), also fills them with `quantize_rows(normed)`."""
     if x.dim() != 2 or x.stride(-1) != 1:
         raise ValueError(f"x must be [tokens, hidden] with unit column stride, got {x.shape}")
     num_rows, num_cols = x.shape
@@ -69,6 +87,8 @@ def rms_norm(
         if residual.shape != x.shape or residual.stride(-1) != 1:
             raise ValueError(f"residual {tuple(residual.shape)} does not match x {tuple(x.shape)}")
         residual_out = torch.empty_like(x)
+    if quantized is not None:
+        check_fp8_outputs(quantized, num_rows, num_cols, x.device)
     if num_rows:
         block = triton.next_power_of_2(num_cols)
         _rms_norm_kernel[(num_rows,)](
@@ -83,7 +103,12 @@ def rms_norm(
             residual_out.stride(0),
             num_cols,
             eps,
+            *(quantized if quantized is not None else (out, out)),
+            quantized[0].stride(0) if quantized is not None else 0,
             HAS_RESIDUAL=residual is not None,
+            QUANTIZE=quantized is not None,
+            FP8_MAX_VALUE=FP8_MAX,
+            MIN=MIN_SCALE,
             BLOCK=block,
             num_warps=min(max(block // 512, 1), 16),
             enable_fp_fusion=False,

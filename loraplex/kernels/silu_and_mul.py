@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from loraplex.kernels.fp8_linear import FP8_MAX, MIN_SCALE, check_fp8_outputs, quantize_row
 from loraplex.kernels.pdl import pdl_options, wait_for_previous
 
 BLOCK = 1024
@@ -16,8 +17,10 @@ BLOCK = 1024
 
 @triton.jit
 def _silu_and_mul_kernel(
-    x_ptr, out_ptr, stride_x, stride_out, num_cols, BLOCK: tl.constexpr, PDL: tl.constexpr
-):
+    x_ptr, out_ptr, stride_x, stride_out, num_cols, q_ptr, scale_ptr, stride_q,
+    QUANTIZE: tl.constexpr, FP8_MAX_VALUE: tl.constexpr, MIN: tl.constexpr,
+    BLOCK: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
     wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -26,20 +29,35 @@ def _silu_and_mul_kernel(
     up = tl.load(x_ptr + row * stride_x + num_cols + offs, mask=mask, other=0.0)
     g = gate.to(tl.float32)
     act = tl.math.div_rn(g, 1.0 + tl.exp(-g)).to(gate.dtype)
-    tl.store(out_ptr + row * stride_out + offs, act * up, mask=mask)
+    out = act * up
+    tl.store(out_ptr + row * stride_out + offs, out, mask=mask)
+    if QUANTIZE:  # one program holds the whole row (BLOCK >= num_cols)
+        q, scale = quantize_row(out, mask, FP8_MAX_VALUE, MIN)
+        tl.store(q_ptr + row * stride_q + offs, q, mask=mask)
+        tl.store(scale_ptr + row, scale)
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """`x [T, 2 * I]` (gate then up) -> `[T, I]`."""
+def silu_and_mul(
+    x: torch.Tensor, quantized: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """`x [T, 2 * I]` (gate then up) -> `[T, I]`. With `quantized` (q [T, I] fp8, scale
+    [T, 1] float32, see `fp8_linear.fp8_outputs`), also fills them with `quantize_rows(out)`."""
     if x.dim() != 2 or x.shape[1] % 2 or x.stride(-1) != 1:
         raise ValueError(f"x must be [tokens, 2 * intermediate], got {tuple(x.shape)}")
     num_rows, width = x.shape
     num_cols = width // 2
     out = torch.empty((num_rows, num_cols), dtype=x.dtype, device=x.device)
+    block, num_warps = BLOCK, 4
+    if quantized is not None:  # a row per program, for its maximum
+        check_fp8_outputs(quantized, num_rows, num_cols, x.device)
+        block = triton.next_power_of_2(num_cols)
+        num_warps = min(max(block // 512, 4), 16)
     if num_rows:
-        grid = (num_rows, triton.cdiv(num_cols, BLOCK))
+        grid = (num_rows, triton.cdiv(num_cols, block))
+        q, scale = quantized if quantized is not None else (out, out)
         _silu_and_mul_kernel[grid](
-            x, out, x.stride(0), out.stride(0), num_cols, BLOCK=BLOCK, enable_fp_fusion=False,
-            **pdl_options(x.device),
+            x, out, x.stride(0), out.stride(0), num_cols, q, scale, q.stride(0),
+            QUANTIZE=quantized is not None, FP8_MAX_VALUE=FP8_MAX, MIN=MIN_SCALE, BLOCK=block,
+            num_warps=num_warps, enable_fp_fusion=False, **pdl_options(x.device),
         )  # fmt: skip
     return out

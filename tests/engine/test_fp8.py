@@ -194,3 +194,46 @@ def test_bad_kv_scales_are_refused(model_dir, tmp_path, test_device, name, value
     folder = write_kv_scales(model_dir, tmp_path / "bad", {name: value})
     with pytest.raises(ValueError, match=message):
         LLM(str(folder), dtype="float32", device=test_device, kv_cache_dtype="fp8")
+
+
+def _set_fp8_outputs(llm, on: bool) -> list[bool]:
+    """Turn the norms' and activations' quantized outputs on or off; returns what they were."""
+    layers = llm.llm_engine.model_runner.model.model.layers
+    modules = [m for layer in layers for m in (layer.input_layernorm,
+               layer.post_attention_layernorm, layer.mlp.act)]  # fmt: skip
+    before = [m.fp8_output for m in modules]
+    for module in modules:
+        module.fp8_output = on
+    return before
+
+
+def test_norms_hand_fp8_layers_their_quantized_input(model_dir, tiny_model_dirs, tmp_path):
+    """With fp8 weights every norm and activation quantizes its output for the projection it
+    feeds (one kernel instead of two on a GPU); the tokens, with and without adapters, are
+    exactly those of quantizing inside the linear layers."""
+    from loraplex import LoRARequest
+
+    from .peft_adapters import make_adapters
+
+    adapter = make_adapters(tiny_model_dirs["llama"], tmp_path, 1)[0]
+    llm = LLM(
+        model_dir, dtype="float32", device="cpu", max_model_len=256, quantization="fp8",
+        enable_lora=True, max_lora_rank=16,
+    )  # fmt: skip
+    assert all(_set_fp8_outputs(llm, True))  # on by default for an fp8 model
+    prompts = [[1, 5, 9, 33, 7], [1, 40, 41, 42]]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    loras = [LoRARequest("a", 1, str(adapter)), None]
+
+    def tokens():
+        return [o.outputs[0].token_ids for o in llm.generate(prompts, params, loras)]
+
+    fused, fused_logits = tokens(), prompt_logits(llm.llm_engine, prompts[0])
+    _set_fp8_outputs(llm, False)
+    assert tokens() == fused
+    assert torch.equal(prompt_logits(llm.llm_engine, prompts[0]), fused_logits)
+
+
+def test_full_precision_models_keep_plain_activations(model_dir):
+    llm = LLM(model_dir, dtype="float32", device="cpu", max_model_len=128)
+    assert not any(_set_fp8_outputs(llm, False))

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from loraplex.engine.layers.fp8 import quantize_rows
 from loraplex.engine.layers.rotary import RotaryEmbedding, rope_parameters
+from loraplex.kernels.fp8_linear import fp8_outputs
 from loraplex.kernels.reference import (
     FP8_DTYPE,
     rms_norm_ref,
@@ -188,3 +190,53 @@ def test_rotary_cache_write_is_checked_like_store_kv():
 def test_rotary_with_cache_write_gpu(cache):
     cache_dtype = FP8_DTYPE if cache == "fp8" else torch.bfloat16
     _check_rotary_with_cache_write(64, 32, 8, 128, torch.bfloat16, "cuda", cache_dtype)
+
+
+def _fp8_steps_apart(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """|got - want| in units of the float8_e4m3fn spacing at the larger magnitude."""
+    got, want = got.float(), want.float()
+    magnitude = torch.maximum(got.abs(), want.abs()).clamp_min(2.0**-6)
+    return (got - want).abs() / 2.0 ** (torch.floor(torch.log2(magnitude)) - 3)
+
+
+def _check_quantized_outputs(dtype, device, exact):
+    """RMSNorm and silu-and-mul hand back `quantize_rows` of what they output: the same scales,
+    and the same fp8 values. The CPU interpreter converts some floats to fp8 wrongly (to the
+    neighbouring value; subnormals to zero; and where rounding up carries into the exponent,
+    to half the right value), so there the check allows exactly those."""
+    x = _rand(5, 200, dtype=dtype, device=device, seed=1)
+    residual = _rand(5, 200, dtype=dtype, device=device, seed=2)
+    weight = _rand(200, dtype=dtype, device=device, seed=3) + 1
+    gate_up = _rand(5, 600, dtype=dtype, device=device, seed=4) * 3
+    norm_q = fp8_outputs(5, 200, torch.device(device))
+    normed, _ = rms_norm(x, weight, 1e-5, residual, quantized=norm_q)
+    act_q = fp8_outputs(5, 300, torch.device(device))
+    act = silu_and_mul(gate_up, quantized=act_q)
+    for out, (q, scale) in ((normed, norm_q), (act, act_q)):
+        want_q, want_scale = quantize_rows(out)
+        assert torch.equal(scale, want_scale)
+        steps = _fp8_steps_apart(q, want_q)
+        if not exact:
+            subnormal = torch.maximum(q.float().abs(), want_q.float().abs()) < 2.0**-6
+            lost_carry = q.float() * 2 == want_q.float()
+            steps = torch.where(subnormal | lost_carry, 0.0, steps)
+        assert steps.max() <= (0 if exact else 1), steps.max()
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_norm_and_activation_can_quantize_their_output(dtype):
+    _check_quantized_outputs(dtype, "cpu", exact=False)
+
+
+def test_quantized_outputs_of_the_wrong_shape_are_refused():
+    x = torch.randn(3, 64)
+    with pytest.raises(ValueError, match=r"q must be fp8 \[3, 64\]"):
+        rms_norm(x, torch.ones(64), 1e-5, quantized=fp8_outputs(3, 32, x.device))
+    with pytest.raises(ValueError, match=r"scale must be float32 \[3, 1\]"):
+        silu_and_mul(torch.randn(3, 64), quantized=(fp8_outputs(3, 32, x.device)[0], torch.ones(3)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_quantized_outputs_gpu(dtype):
+    _check_quantized_outputs(dtype, "cuda", exact=True)

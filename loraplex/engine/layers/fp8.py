@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 
@@ -31,17 +32,38 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+class Fp8Activation(NamedTuple):
+    """An activation `x` [T, K] with its per-token quantization `quantize_rows(x)` (q, scale),
+    made by the kernel that produced x (a norm, the MLP's activation), so the fp8 linear layer
+    it feeds skips quantizing it again. Everything else reads `x`."""
+
+    x: torch.Tensor
+    q: torch.Tensor
+    scale: torch.Tensor
+
+
+def with_fp8(x: torch.Tensor, q: torch.Tensor | None = None, scale=None) -> Fp8Activation:
+    """`x` with its quantization: the given one (from a kernel), else computed here."""
+    if q is None:
+        q, scale = quantize_rows(x)
+    return Fp8Activation(x, q, scale)
+
+
 def _scaled_mm_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def fp8_linear(
-    x: torch.Tensor,
+    x: torch.Tensor | Fp8Activation,
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """x [..., K] in the model dtype; weight [N, K] fp8; weight_scale [N] float32 -> [..., N]."""
+    """x [..., K] in the model dtype (or already quantized); weight [N, K] fp8; weight_scale
+    [N] float32 -> [..., N]."""
+    given = None  # (q, scale) handed over with x
+    if isinstance(x, Fp8Activation):
+        x, given = x.x, (x.q, x.scale)
     shape = x.shape
     rows = x.reshape(-1, shape[-1])
     if _scaled_mm_supported(x.device):
@@ -51,10 +73,10 @@ def fp8_linear(
             small_m_limit,
         )
 
-        if rows.shape[0] <= small_m_limit(x.device):  # decode-sized: one fused launch
-            out = fp8_gemv(rows, weight, weight_scale, bias)
+        if rows.shape[0] <= small_m_limit(x.device):  # decode-sized: a GEMV
+            out = fp8_gemv(rows, weight, weight_scale, bias, quantized=given)
             return out.reshape(*shape[:-1], weight.shape[0])
-        q, scale = quantize_per_token(rows.contiguous())
+        q, scale = given if given is not None else quantize_per_token(rows.contiguous())
         out = torch._scaled_mm(
             q,
             weight.t(),
@@ -64,7 +86,7 @@ def fp8_linear(
             out_dtype=x.dtype,
         )
     else:
-        q, scale = quantize_rows(rows)
+        q, scale = given if given is not None else quantize_rows(rows)
         w = weight.float() * weight_scale.view(-1, 1)
         out = (q.float() * scale) @ w.t()
         if bias is not None:

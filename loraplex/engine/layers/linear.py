@@ -16,6 +16,7 @@ from torch import nn
 from loraplex.engine.distributed import all_reduce, tp_rank, tp_size
 from loraplex.engine.layers.fp8 import (
     FP8_DTYPE,
+    Fp8Activation,
     building_fp8_checkpoint,
     fp8_linear,
     quantize_rows,
@@ -81,10 +82,15 @@ class LinearBase(nn.Module):
         self.weight = nn.Parameter(q, requires_grad=False)
         self.weight_scale = nn.Parameter(scale.view(-1), requires_grad=False)
 
-    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor | Fp8Activation, bias: torch.Tensor | None) -> torch.Tensor:
         if self.weight_scale is None:
-            return dense_linear(x, self.weight, bias)
+            return dense_linear(x.x if isinstance(x, Fp8Activation) else x, self.weight, bias)
         return fp8_linear(x, self.weight, self.weight_scale, bias)
+
+    @property
+    def takes_fp8(self) -> bool:
+        """Whether this layer's weight is fp8, so an input quantized beforehand saves work."""
+        return self.weight_scale is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.bias)

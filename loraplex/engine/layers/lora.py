@@ -19,6 +19,7 @@ from torch import nn
 
 from loraplex.engine.context import get_forward_context
 from loraplex.engine.distributed import all_reduce
+from loraplex.engine.layers.fp8 import Fp8Activation
 from loraplex.engine.layers.linear import LinearBase, RowParallelLinear
 from loraplex.kernels.reference import lora_expand_ref, lora_shrink_ref
 
@@ -55,11 +56,17 @@ class LoRALinear(nn.Module):
         self.lora_b = lora_b
         self.reduce_shrink = isinstance(base, RowParallelLinear) and base.tp_size > 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def takes_fp8(self) -> bool:
+        return self.base.takes_fp8
+
+    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
         out = self.base(x)
         meta = get_forward_context().lora
         if meta is None:
             return out
+        if isinstance(x, Fp8Activation):  # the adapters apply in the model dtype
+            x = x.x
         x = x.contiguous()
         y = torch.empty(len(self.lora_a), x.shape[0], self.lora_a[0].shape[1], device=x.device)
         if x.is_cuda:

@@ -102,6 +102,14 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
+    def use_fp8_activations(self) -> None:
+        """Have the norms (and a dense MLP's activation) hand the projections they feed their
+        input quantized, where those projections hold fp8 weights."""
+        self.input_layernorm.fp8_output = self.self_attn.qkv_proj.takes_fp8
+        if isinstance(self.mlp, LlamaMLP):
+            self.post_attention_layernorm.fp8_output = self.mlp.gate_up_proj.takes_fp8
+            self.mlp.act.fp8_output = self.mlp.down_proj.takes_fp8
+
     def forward(
         self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:

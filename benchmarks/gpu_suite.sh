@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks behind RESULTS.md, in sections small enough to run one or a few
+# at a time (each has its own time limit). Logs go to $LOG_DIR (default: bench-logs); the
+# benchmarks also append their tables to benchmarks/RESULTS.md.
+#
+#   bash benchmarks/gpu_suite.sh kernel-tests decode-b1        # one H200
+#   bash benchmarks/gpu_suite.sh tp                             # two GPUs
+#
+# Sections:
+#   kernel-tests   Triton kernels and CUDA graphs against their references (pytest -m gpu)
+#   engine-tests   engine parity with transformers / peft on CUDA (LORAPLEX_TEST_DEVICE=cuda)
+#   gemv-sweep     decode GEMV block sizes, bf16 and fp8, written to the GPU's config table
+#   decode-b1      batch-1 decode, bf16 and fp8, against the memory roofline; step anatomy
+#   prefetch       batch-1 decode with the GEMV's L2 prefetch off and on
+#   hotload        adapter load times, disk -> CPU -> GPU slot
+#   lora           multi-LoRA throughput at batch 256 (base, 1..128 adapters, fp8 base)
+#   attention      decode attention block sizes, written to the GPU's config table
+#   tp             tensor parallelism: parity tests, then TP 1 and 2 throughput (two GPUs)
+#   moe            the mixtral-8x7b preset beside transformers (~94 GB on disk)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+LOG_DIR="${LOG_DIR:-bench-logs}"
+mkdir -p "$LOG_DIR"
+LOG_DIR="$(cd "$LOG_DIR" && pwd)"
+START=$(date +%s)
+
+note() { echo "== $1 ($(($(date +%s) - START)) s)"; }
+
+# run NAME SECONDS COMMAND...: the command's output to $LOG_DIR/NAME.log, its tail here.
+run() {
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" "$@" >"$LOG_DIR/$name.log" 2>&1
+    local status=$?
+    grep -E "^\||passed|failed|error|Error" "$LOG_DIR/$name.log" | grep -v "^\[" | tail -40
+    note "$name: exit $status"
+}
+
+in_benchmarks() { (cd benchmarks && "$@"); }
+
+set_config() {  # set_config OP KEY FIELD VALUE: edit this GPU's config table
+    python - "$@" <<'EOF'
+import json, sys, torch
+from pathlib import Path
+from loraplex.kernels.launch_config import device_table_name
+op, key, field, value = sys.argv[1:]
+path = Path("loraplex/kernels/configs") / f"{device_table_name(torch.device('cuda'))}.json"
+table = json.loads(path.read_text())
+table.setdefault(op, {}).setdefault(key, {})[field] = json.loads(value)
+path.write_text(json.dumps(table, indent=1) + "\n")
+EOF
+}
+
+for section in "$@"; do
+    case $section in
+    kernel-tests)
+        run kernel-tests 300 python -m pytest -m gpu -q -p no:cacheprovider -rf --tb=short \
+            tests/kernels tests/engine/test_cuda_graphs.py
+        ;;
+    engine-tests)
+        LORAPLEX_TEST_DEVICE=cuda run engine-tests 500 python -m pytest -q -p no:cacheprovider \
+            -rf --tb=short tests/engine/test_greedy_parity.py tests/engine/test_lora_parity.py \
+            tests/engine/test_fp8.py tests/engine/test_async_scheduling.py
+        ;;
+    gemv-sweep)
+        run gemv-sweep 300 in_benchmarks python fp8_gemm.py --quick --rows 1,4 --write-config
+        ;;
+    decode-b1)
+        run decode-b1 200 in_benchmarks python offline_throughput.py --batches 1 \
+            --hf-batches "" --quantization fp8
+        run profile-bf16 90 in_benchmarks python profile_decode.py --batch 1 --kernels 14
+        run profile-fp8 90 in_benchmarks python profile_decode.py --batch 1 --kernels 14 \
+            --quantization fp8
+        ;;
+    prefetch)
+        for k in 0 2048 8192; do
+            for key in 6144x4096 4096x4096 28672x4096 4096x14336; do
+                set_config gemv "$key" prefetch_k "$k"
+                set_config fp8_gemv "$key" prefetch_k "$k"
+            done
+            run "prefetch-$k" 90 in_benchmarks python profile_decode.py --batch 1 --kernels 8
+        done
+        ;;
+    hotload)
+        run hotload 150 in_benchmarks python lora_hotload.py
+        ;;
+    lora)
+        run lora 400 in_benchmarks python lora_throughput.py --batch 256 \
+            --adapters 0,1,8,32,128
+        run lora-fp8 300 in_benchmarks python lora_throughput.py --batch 256 --adapters 0,32 \
+            --quantization fp8 --peft-batch 0
+        ;;
+    attention)
+        run attention 400 in_benchmarks python kernel_tuning.py --only attention
+        ;;
+    tp)
+        LORAPLEX_TEST_DEVICE=cuda run tp-tests 400 python -m pytest -q -p no:cacheprovider -rf \
+            --tb=short -s tests/engine/test_tensor_parallel.py -k "tp2_greedy or symmetric"
+        LORAPLEX_TP_ALL_REDUCE=symm_mem run tp-throughput 400 in_benchmarks \
+            python offline_throughput.py --tp 1,2 --batches 1,256 --hf-batches ""
+        LORAPLEX_TP_ALL_REDUCE=symm_mem run tp-lora 300 in_benchmarks python lora_throughput.py \
+            --tp 2 --batch 1,256 --adapters 0,32 --peft-batch 0
+        ;;
+    moe)
+        run moe 580 in_benchmarks python moe.py --batches 1,64 --hf-batches 1
+        ;;
+    *)
+        echo "unknown section $section" >&2
+        exit 2
+        ;;
+    esac
+done
+cp benchmarks/RESULTS.md "$LOG_DIR/RESULTS.md"

@@ -174,6 +174,21 @@ def test_lora_slot_message_carries_every_tensor_bit_for_bit():
         assert torch.equal(received.a, sent.a) and torch.equal(received.b, sent.b)
 
 
+def test_lora_slot_message_sends_a_packed_adapter_without_copying():
+    """A loaded adapter's stacks lie back to back in one buffer: that buffer is the payload."""
+    buffer = torch.arange(2 * 4 * 16 + 2 * 16 * 4 + 8 * 16 + 8 * 4, dtype=torch.float32)
+    a0, b0, a1, b1 = buffer.split([2 * 4 * 16, 2 * 16 * 4, 8 * 16, 8 * 4])
+    weights = [
+        ModuleStack("q_proj", (0, 1), a0.view(2, 4, 16), b0.view(2, 16, 4)),
+        ModuleStack("o_proj", (1,), a1.view(1, 8, 16), b1.view(1, 4, 8)),
+    ]
+    header, payload = pack_lora_slot(0, weights, torch.device("cpu"))
+    assert payload.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    _, got = unpack_lora_slot(header, payload.clone(), torch.float32)
+    for sent, received in zip(weights, got, strict=True):
+        assert torch.equal(received.a, sent.a) and torch.equal(received.b, sent.b)
+
+
 # ---- parity -------------------------------------------------------------------------------
 
 

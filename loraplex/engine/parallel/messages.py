@@ -104,11 +104,28 @@ def pack_lora_slot(
         count, rank, columns = stack.a.shape
         entries += [_MODULES.index(stack.module), count, rank, columns, stack.b.shape[1]]
         entries += stack.layers
-        tensors += [stack.a.reshape(-1), stack.b.reshape(-1)]
-    flat = torch.cat(tensors) if tensors else torch.empty(0)
-    payload = flat.view(torch.uint8).to(device)
+        tensors += [stack.a, stack.b]
+    payload = _back_to_back(tensors).view(torch.uint8).to(device, non_blocking=True)
     header = [Command.WRITE_LORA_SLOT, slot, len(weights), payload.numel(), *entries]
     return header, payload
+
+
+def _back_to_back(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors flattened one after another: a view of their buffer when they already lie so
+    in it (a loaded adapter's pinned buffer), else a copy."""
+    if not tensors:
+        return torch.empty(0)
+    first = tensors[0]
+    offset = first.storage_offset()
+    for t in tensors:
+        if (
+            not t.is_contiguous()
+            or t.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+            or t.storage_offset() != offset
+        ):
+            return torch.cat([t.reshape(-1) for t in tensors])
+        offset += t.numel()
+    return first.as_strided((offset - first.storage_offset(),), (1,), first.storage_offset())
 
 
 def lora_payload_size(header: list[int]) -> int:

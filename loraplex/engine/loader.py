@@ -1,19 +1,22 @@
 """Safetensors checkpoint -> model parameters, one tensor at a time.
 
 Checkpoint names follow transformers; fused modules (qkv_proj, gate_up_proj) receive their
-slices through each parameter's `weight_loader`, which also takes this rank's shard.
+slices through each parameter's `weight_loader`, which also takes this rank's shard. Tensors
+are views of the memory-mapped file, so a rank reads from disk only the bytes of its shard
+(and no tensor is copied on the host before it goes to its parameter).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import re
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 # Buffers some checkpoints carry that the engine recomputes, and FP8 checkpoints' static
@@ -48,11 +51,42 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
     return files
 
 
+# safetensors dtype names -> torch dtypes
+_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
+    "U16": torch.uint16, "I32": torch.int32, "U32": torch.uint32, "I64": torch.int64,
+    "U64": torch.uint64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+    "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+
+
 def iterate_tensors(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every checkpoint tensor, each a view of its file mapped in memory
+    (copy-on-write, so nothing reaches the file): pages are read when a loader touches them."""
     for path in checkpoint_files(model_dir):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                yield name, f.get_tensor(name)
+        with open(path, "rb") as stream:
+            (header_length,) = struct.unpack("<Q", stream.read(8))
+            header = json.loads(stream.read(header_length))
+            data_offset = 8 + header_length
+            size = path.stat().st_size
+            mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        header.pop("__metadata__", None)
+        for name, entry in header.items():
+            yield name, _mapped_tensor(mapped, data_offset, size, entry, f"{path.name}: {name!r}")
+
+
+def _mapped_tensor(mapped, data_offset: int, size: int, entry: dict, where: str) -> torch.Tensor:
+    dtype = _DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise ValueError(f"{where} has unsupported dtype {entry['dtype']}")
+    start, end = (data_offset + offset for offset in entry["data_offsets"])
+    if not data_offset <= start <= end <= size:
+        raise ValueError(f"{where} lies outside its file ({size} bytes)")
+    if end == start:
+        raw = torch.empty(0, dtype=torch.uint8)
+    else:
+        raw = torch.frombuffer(mapped, dtype=torch.uint8, count=end - start, offset=start)
+    return raw.view(dtype).view(entry["shape"])
 
 
 def load_weights(model: nn.Module, model_dir: str | Path) -> dict[int, dict[str, float]]:

@@ -16,7 +16,8 @@
 #   lora           multi-LoRA throughput at batch 256 (base, 1..128 adapters, fp8 base)
 #   attention      decode attention block sizes, written to the GPU's config table
 #   tp             tensor parallelism: parity tests, then TP 1 and 2 throughput (two GPUs)
-#   moe            the mixtral-8x7b preset beside transformers (~94 GB on disk)
+#   moe            fused MoE kernel tests, then the mixtral-8x7b preset beside transformers
+#                  (~94 GB on disk)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -56,7 +57,8 @@ for section in "$@"; do
     case $section in
     kernel-tests)
         run kernel-tests 300 python -m pytest -m gpu -q -p no:cacheprovider -rf --tb=short \
-            tests/kernels tests/engine/test_cuda_graphs.py
+            tests/kernels tests/engine/test_cuda_graphs.py \
+            --ignore=tests/kernels/test_fused_moe_gpu.py
         ;;
     engine-tests)
         LORAPLEX_TEST_DEVICE=cuda run engine-tests 500 python -m pytest -q -p no:cacheprovider \
@@ -103,6 +105,8 @@ for section in "$@"; do
             --tp 2 --batch 1,256 --adapters 0,32 --peft-batch 0
         ;;
     moe)
+        run moe-kernel-tests 200 python -m pytest -m gpu -q -p no:cacheprovider -rf \
+            --tb=short tests/kernels/test_fused_moe_gpu.py
         run moe 580 in_benchmarks python moe.py --batches 1,64 --hf-batches 1
         ;;
     *)

@@ -10,6 +10,8 @@ the order of the float32 sums.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -92,25 +94,23 @@ def _quantize_per_token_kernel(
 ):
     wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
-    offs_m = row + tl.arange(0, 1)
     offs_k = tl.arange(0, BLOCK_K)
     if BLOCK_K >= K:  # the whole row in registers: one read
-        mask = offs_k[None, :] < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask, other=0.0)
-        amax = tl.max(tl.abs(x.to(tl.float32)), axis=1)
-        scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX_VALUE), MIN)
-        q = _quantize(x, scale, FP8_MAX_VALUE)
-        tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
-    else:
-        m_mask = offs_m >= 0
-        scale = _row_scales(x_ptr, stride_xm, offs_m, m_mask, K, BLOCK_K, FP8_MAX_VALUE, MIN)
+        mask = offs_k < K
+        x = tl.load(x_ptr + row * stride_xm + offs_k, mask=mask, other=0.0)
+        q, scale = quantize_row(x, mask, FP8_MAX_VALUE, MIN)
+        tl.store(q_ptr + row * stride_qm + offs_k, q, mask=mask)
+        tl.store(scale_ptr + row, scale)
+    else:  # (names differ from the branch above: Triton merges same-named values)
+        rows = row + tl.arange(0, 1)
+        row_scale = _row_scales(x_ptr, stride_xm, rows, rows >= 0, K, BLOCK_K, FP8_MAX_VALUE, MIN)
         for k in range(0, K, BLOCK_K):
             kk = k + offs_k
-            mask = kk[None, :] < K
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=mask, other=0.0)
-            q = _quantize(x, scale, FP8_MAX_VALUE)
-            tl.store(q_ptr + offs_m[:, None] * stride_qm + kk[None, :], q, mask=mask)
-    tl.store(scale_ptr + offs_m, scale)
+            in_row = kk[None, :] < K
+            chunk = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=in_row, other=0.0)
+            chunk_q = _quantize(chunk, row_scale, FP8_MAX_VALUE)
+            tl.store(q_ptr + rows[:, None] * stride_qm + kk[None, :], chunk_q, mask=in_row)
+        tl.store(scale_ptr + rows, row_scale)
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,6 +131,7 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+@functools.cache
 def small_m_limit(device: torch.device) -> int:
     """The most rows `fp8_gemv` takes on `device`."""
     return launch_config("fp8_gemv", "default", device)["max_m"]

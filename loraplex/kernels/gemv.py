@@ -4,8 +4,9 @@ M = 1 into a 16- or 128-row tensor-core block and picks split-K kernels with sep
 reduction launches.
 
 Weights and x come in one dtype (bf16 / fp16 / fp32), or both in fp8 with float32 scales per
-weight row and per x row (`fp8_linear.fp8_gemv` quantizes x once, beforehand: quantizing it in
-every program, as an earlier version did, cost more instructions than the weights' own).
+weight row and per x row: x is quantized once beforehand (by `fp8_linear.fp8_gemv`, or by the
+kernel that produced it), since quantizing it again in every program would cost more
+instructions than converting the program's weights.
 
 Two variants, chosen per weight shape by the config's `tensor_cores`: `_gemv_kernel`
 multiplies on the CUDA cores, keeping float32 partial products per element and reducing over
@@ -259,6 +260,7 @@ def shape_config(op: str, n: int, k: int, device: torch.device) -> dict:
         return launch_config(op, "default", device)
 
 
+@functools.cache
 def linear_row_limit(device: torch.device) -> int:
     """The most rows for which the engine's bf16 / fp16 linear layers use `gemv` on `device`
     (0: never, the library GEMM is as fast)."""

@@ -2,10 +2,10 @@
 
 Weights are quantized once (at load, or read as such from an FP8 checkpoint); activations are
 quantized per token on the fly, so no calibration is needed. On Hopper (and Ada) GPUs the
-product runs in `torch._scaled_mm` with row-wise scales, or for decode-sized batches in a
-Triton kernel that quantizes and multiplies in one launch (`kernels.fp8_linear`); elsewhere
-the same quantized values are dequantized and multiplied in float32, so CPU tests check the
-numbers the GPU computes.
+product runs in `torch._scaled_mm` with row-wise scales, or for decode-sized batches in the
+Triton GEMV (`kernels.fp8_linear.fp8_gemv`); an input may arrive already quantized by the
+kernel that produced it (`Fp8Activation`). Elsewhere the same quantized values are dequantized
+and multiplied in float32, so CPU tests check the numbers the GPU computes.
 """
 
 from __future__ import annotations

@@ -71,3 +71,17 @@ def num_multiprocessors(device: torch.device) -> int:
         return 4
     index = device.index if device.index is not None else torch.cuda.current_device()
     return multiprocessor_count(index)
+
+
+def for_element_size(values: dict[str, Any], element_size: int, tile_key: str) -> dict[str, Any]:
+    """`values` fitted to inputs of `element_size` bytes. The tables are tuned for 2-byte
+    (fp16 / bf16) inputs; float32 tiles take twice the shared memory and, at the tuned sizes,
+    more than a Hopper SM has, so they get half the `tile_key` extent and one pipeline stage
+    fewer."""
+    if element_size <= 2:
+        return values
+    fitted = dict(values)
+    fitted[tile_key] = max(16, values[tile_key] // 2)
+    if "num_stages" in values:
+        fitted["num_stages"] = max(1, values["num_stages"] - 1)
+    return fitted

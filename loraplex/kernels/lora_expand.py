@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from loraplex.kernels.launch_config import launch_config
+from loraplex.kernels.launch_config import for_element_size, launch_config
 from loraplex.kernels.lora_meta import LORA_DTYPES, MAX_SLICES, LoRAKernelMeta
 from loraplex.kernels.segments import tile_rows
 
@@ -29,9 +29,12 @@ class ExpandConfig:
     per_token: bool = False
 
     @classmethod
-    def for_meta(cls, meta: LoRAKernelMeta, device: torch.device) -> ExpandConfig:
+    def for_meta(
+        cls, meta: LoRAKernelMeta, device: torch.device, element_size: int = 2
+    ) -> ExpandConfig:
         regime = "prefill" if meta.prefill else "decode"
-        return cls(**launch_config("lora_expand", regime, device))
+        values = launch_config("lora_expand", regime, device)
+        return cls(**for_element_size(values, element_size, "block_n"))
 
 
 @triton.jit
@@ -216,7 +219,7 @@ def lora_expand(
     if num_tokens == 0:
         return out
     if config is None:
-        config = ExpandConfig.for_meta(meta, out.device)
+        config = ExpandConfig.for_meta(meta, out.device, out.element_size())
     widths = [b.shape[1] for b in lora_b]
     block_r = max(16, triton.next_power_of_2(rank))
     pad = MAX_SLICES - num_slices

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from loraplex.kernels.launch_config import launch_config
+from loraplex.kernels.launch_config import for_element_size, launch_config
 from loraplex.kernels.lora_meta import LORA_DTYPES, MAX_SLICES, LoRAKernelMeta
 from loraplex.kernels.segments import tile_rows
 
@@ -34,9 +34,12 @@ class ShrinkConfig:
     per_token: bool = False
 
     @classmethod
-    def for_meta(cls, meta: LoRAKernelMeta, device: torch.device) -> ShrinkConfig:
+    def for_meta(
+        cls, meta: LoRAKernelMeta, device: torch.device, element_size: int = 2
+    ) -> ShrinkConfig:
         regime = "prefill" if meta.prefill else "decode"
-        return cls(**launch_config("lora_shrink", regime, device))
+        values = launch_config("lora_shrink", regime, device)
+        return cls(**for_element_size(values, element_size, "block_k"))
 
 
 @triton.jit
@@ -221,7 +224,7 @@ def lora_shrink(
     if num_tokens == 0:
         return out
     if config is None:
-        config = ShrinkConfig.for_meta(meta, x.device)
+        config = ShrinkConfig.for_meta(meta, x.device, x.element_size())
     block_r = max(16, triton.next_power_of_2(rank))
     pointers = [*lora_a] + [first] * (MAX_SLICES - len(lora_a))
     k_per_program = in_features

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from loraplex.kernels.launch_config import head_dim_bucket, launch_config
+from loraplex.kernels.launch_config import for_element_size, head_dim_bucket, launch_config
 from loraplex.kernels.paged_kv import LOG2_E, attend_tile
 from loraplex.kernels.segments import num_segment_tiles, segment_of_tile, tile_rows
 
@@ -28,9 +28,12 @@ class PrefillConfig:
     num_stages: int
 
     @classmethod
-    def for_head_dim(cls, head_dim: int, device: torch.device) -> PrefillConfig:
+    def for_head_dim(
+        cls, head_dim: int, device: torch.device, element_size: int = 2
+    ) -> PrefillConfig:
         key = head_dim_bucket("paged_prefill", head_dim, device)
-        return cls(**launch_config("paged_prefill", key, device))
+        values = launch_config("paged_prefill", key, device)
+        return cls(**for_element_size(values, element_size, "block_n"))
 
 
 @triton.jit
@@ -194,7 +197,7 @@ def paged_prefill(
     group = num_heads // num_kv_heads
     num_seqs = context_lens.shape[0]
     if config is None:
-        config = PrefillConfig.for_head_dim(head_dim, query.device)
+        config = PrefillConfig.for_head_dim(head_dim, query.device, query.element_size())
     block_m = max(config.block_m, triton.next_power_of_2(group))
     block_q = block_m // group
     grid = (num_segment_tiles(num_tokens, num_seqs, block_q), num_kv_heads)

@@ -102,3 +102,29 @@ def test_split_plan_fills_the_gpu_for_long_small_batches(seqs, kv_heads, context
     assert splits == expected_splits
     assert tokens % config.block_n == 0 or splits == 1
     assert splits * tokens >= context > (splits - 1) * tokens
+
+
+def test_float32_inputs_get_smaller_tiles_than_the_tuned_two_byte_ones():
+    """The H200 prefill entry for head dim 128 needs 262 KB of shared memory with float32
+    inputs (an SM has 227 KB); float32 gets half the tile and a stage fewer."""
+    tuned = {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 3}
+    assert lc.for_element_size(tuned, 2, "block_n") == tuned
+    assert lc.for_element_size(tuned, 4, "block_n") == {**tuned, "block_n": 64, "num_stages": 2}
+    small = {"block_k": 16, "num_stages": 1}
+    assert lc.for_element_size(small, 4, "block_k") == small
+
+
+def test_kernel_configs_are_fitted_to_the_input_dtype(monkeypatch):
+    table = {
+        "paged_prefill": {"128": {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}},
+        "lora_shrink": {"prefill": {"block_m": 64, "block_k": 256, "num_warps": 4, "num_stages": 3}},
+    }
+    monkeypatch.setattr(lc, "_merged_table", lambda name: table)
+    assert PrefillConfig.for_head_dim(128, CPU, 4).block_n == 32
+    assert PrefillConfig.for_head_dim(128, CPU, 2).block_n == 64
+
+    class Meta:
+        prefill = True
+
+    assert ShrinkConfig.for_meta(Meta(), CPU, 4).block_k == 128
+    assert ShrinkConfig.for_meta(Meta(), CPU, 2).num_stages == 3

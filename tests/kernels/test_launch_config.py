@@ -117,7 +117,9 @@ def test_float32_inputs_get_smaller_tiles_than_the_tuned_two_byte_ones():
 def test_kernel_configs_are_fitted_to_the_input_dtype(monkeypatch):
     table = {
         "paged_prefill": {"128": {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}},
-        "lora_shrink": {"prefill": {"block_m": 64, "block_k": 256, "num_warps": 4, "num_stages": 3}},
+        "lora_shrink": {
+            "prefill": {"block_m": 64, "block_k": 256, "num_warps": 4, "num_stages": 3}
+        },
     }
     monkeypatch.setattr(lc, "_merged_table", lambda name: table)
     assert PrefillConfig.for_head_dim(128, CPU, 4).block_n == 32

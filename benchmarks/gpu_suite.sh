@@ -30,25 +30,30 @@ note() { echo "== $1 ($(($(date +%s) - START)) s)"; }
 
 # run NAME SECONDS COMMAND...: the command's output to $LOG_DIR/NAME.log, its tail here.
 run() {
-    local name=$1 limit=$2
+    local name=$1 limit=$2 dir=.
     shift 2
-    timeout "$limit" "$@" >"$LOG_DIR/$name.log" 2>&1
+    if [ "$1" = in_benchmarks ]; then
+        dir=benchmarks
+        shift
+    fi
+    (cd "$dir" && timeout "$limit" "$@") >"$LOG_DIR/$name.log" 2>&1
     local status=$?
     grep -E "^\||passed|failed|error|Error" "$LOG_DIR/$name.log" | grep -v "^\[" | tail -40
     note "$name: exit $status"
 }
 
-in_benchmarks() { (cd benchmarks && "$@"); }
-
-set_config() {  # set_config OP KEY FIELD VALUE: edit this GPU's config table
+# set_config FIELD VALUE OP/KEY...: set FIELD in each OP/KEY entry of this GPU's config table
+set_config() {
     python - "$@" <<'EOF'
 import json, sys, torch
 from pathlib import Path
 from loraplex.kernels.launch_config import device_table_name
-op, key, field, value = sys.argv[1:]
+field, value, *entries = sys.argv[1:]
 path = Path("loraplex/kernels/configs") / f"{device_table_name(torch.device('cuda'))}.json"
 table = json.loads(path.read_text())
-table.setdefault(op, {}).setdefault(key, {})[field] = json.loads(value)
+for entry in entries:
+    op, key = entry.split("/")
+    table.setdefault(op, {}).setdefault(key, {})[field] = json.loads(value)
 path.write_text(json.dumps(table, indent=1) + "\n")
 EOF
 }
@@ -77,10 +82,11 @@ for section in "$@"; do
         ;;
     prefetch)
         for k in 0 2048 8192; do
+            entries=()
             for key in 6144x4096 4096x4096 28672x4096 4096x14336; do
-                set_config gemv "$key" prefetch_k "$k"
-                set_config fp8_gemv "$key" prefetch_k "$k"
+                entries+=("gemv/$key" "fp8_gemv/$key")
             done
+            set_config prefetch_k "$k" "${entries[@]}"
             run "prefetch-$k" 90 in_benchmarks python profile_decode.py --batch 1 --kernels 8
         done
         ;;

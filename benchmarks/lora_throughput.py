@@ -118,9 +118,10 @@ def loraplex_throughput(model_dir: str, requests: list, args) -> dict[tuple[int,
     for batch, k in ((batch, k) for batch in args.batch for k in args.adapters):
         prompts = random_prompts(batch, args.input_len, vocab)
         loras = [requests[i % k] if k else None for i in range(batch)]
-        # The whole batch, briefly: loads every adapter into its slot and compiles the
-        # kernels for these shapes before the timed run.
-        llm.generate(prompts, SamplingParams(max_tokens=2, ignore_eos=True), loras)
+        # The whole run once untimed: loads every adapter into its slot and compiles the
+        # kernels for these shapes (decode attention variants for every context length
+        # included) before the timed run.
+        llm.generate(prompts, params, loras)
         seconds = timed(lambda prompts=prompts, loras=loras: llm.generate(prompts, params, loras))
         results[batch, k] = batch * args.output_len / seconds
         print(f"loraplex batch {batch}, {k} adapters: {results[batch, k]:.1f} tok/s", flush=True)

@@ -225,13 +225,7 @@ def _leave_group(state: _GroupState) -> None:
         if state.joined:
             state.joined = False
             try:
-                if state.abort_group:
-                    # The workers are gone by now: destroying an NCCL communicator waits for
-                    # collectives still queued on this rank (an async step launched before
-                    # the shutdown), which never finish without the peers; abort does not.
-                    torch.distributed.distributed_c10d._abort_process_group()
-                else:
-                    torch.distributed.destroy_process_group()
+                torch.distributed.destroy_process_group()
             except Exception:  # noqa: BLE001 - an aborted group may refuse; it is gone anyway
                 logger.exception("leaving the process group failed")
         if state.threads_before is not None:

@@ -24,7 +24,7 @@ from loraplex.engine.async_engine import EngineDeadError
 from loraplex.engine.context import ForwardContext
 from loraplex.engine.layers.lora import ModuleStack
 from loraplex.engine.model_runner import ModelInput
-from loraplex.engine.parallel import TensorParallelError
+from loraplex.engine.parallel import TensorParallelError, workers
 from loraplex.engine.parallel.messages import (
     decode_header,
     encode_header,
@@ -385,3 +385,65 @@ def test_fast_all_reduce_stays_off_without_a_gpu_group(monkeypatch):
     monkeypatch.setenv(distributed.FAST_ALL_REDUCE_ENV, "symm_mem")
     assert not distributed.setup_fast_all_reduce(torch.device("cpu"))
     assert not distributed.fast_all_reduce_active()
+
+
+# ---- leaving the group --------------------------------------------------------------------
+
+
+class _FakeWorker:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.alive = True
+
+    def join(self, timeout=None) -> None:
+        self.events.append("join worker")
+        self.alive = False
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def kill(self) -> None:
+        self.events.append("kill worker")
+
+
+class _FakePipe:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def send_bytes(self, message: bytes) -> None:
+        self.events.append(f"send {workers.Command(decode_header(message)[0]).name}")
+
+    def close(self) -> None:
+        pass
+
+
+def _fake_group(events: list[str]) -> workers._GroupState:
+    state = workers._GroupState(abort_group=True)
+    state.processes, state.pipes = [_FakeWorker(events)], [_FakePipe(events)]
+    state.joined = True
+    return state
+
+
+def test_shutdown_leaves_the_group_together_with_the_workers(monkeypatch):
+    """A worker leaves the group as soon as it reads SHUTDOWN, and NCCL's destroy waits for
+    every rank: the driver must leave before waiting for the workers to exit, or both wait
+    (and once the driver kills the worker, its own destroy never returns)."""
+    events: list[str] = []
+    monkeypatch.setattr(
+        torch.distributed, "destroy_process_group", lambda: events.append("driver leaves")
+    )
+    workers._shutdown(_fake_group(events))
+    assert events[:3] == ["send SHUTDOWN", "driver leaves", "join worker"]
+    assert "kill worker" not in events
+
+
+def test_leaving_a_group_whose_peer_is_gone_gives_up(monkeypatch, caplog):
+    never = threading.Event()
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", never.wait)
+    state = _fake_group([])
+    started = time.monotonic()
+    workers._leave_group(state, timeout_s=0.2)
+    assert time.monotonic() - started < 5
+    assert "left it behind" in caplog.text
+    assert not state.joined
+    never.set()

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 _COLLECTIVE_TIMEOUT_S = 600.0  # a rank slower than this in one collective is deemed hung
 _GRACEFUL_EXIT_S = 10.0  # how long a worker may take to leave after SHUTDOWN
 _DEATH_NOTICE_S = 1.0  # how long a failed collective waits to learn which worker died
+_LEAVE_GROUP_S = 30.0  # how long the driver may take to leave the group with its workers
+_LEAVE_FAILED_GROUP_S = 5.0  # the same after a failure (a dead rank never leaves)
 _POLL_S = 0.05
 
 
@@ -162,7 +164,7 @@ class WorkerGroup:
         error names the dead worker if there is one, else `exc`."""
         dead = _dead_worker(self._state, timeout=_DEATH_NOTICE_S)
         message = self._state.record(dead or f"tensor-parallel step failed: {exc!r}")
-        _stop_processes(self._state, graceful=False)
+        _kill_workers(self._state)
         _leave_group(self._state)
         return TensorParallelError(message)
 
@@ -191,7 +193,7 @@ def _watch(state: _GroupState) -> None:
             return
     message = state.record(_dead_worker(state, timeout=0) or "a tensor-parallel worker exited")
     logger.error("%s; stopping the engine", message)
-    _stop_processes(state, graceful=False)
+    _kill_workers(state)
     with state.reap_lock:
         if state.abort_group and state.joined:
             try:
@@ -200,18 +202,32 @@ def _watch(state: _GroupState) -> None:
                 logger.exception("aborting the process group failed")
 
 
-def _stop_processes(state: _GroupState, graceful: bool) -> None:
+def _kill_workers(state: _GroupState) -> None:
+    _mark_closing(state)
+    _reap(state, grace_s=0.0)
+
+
+def _mark_closing(state: _GroupState) -> bool:
+    """True for the first caller only."""
     with state.lock:
         first = not state.closing
         state.closing = True
+    return first
+
+
+def _send_shutdown(state: _GroupState) -> None:
+    shutdown = encode_header([Command.SHUTDOWN])
     with state.reap_lock:
-        if graceful and first:
-            shutdown = encode_header([Command.SHUTDOWN])
-            for pipe in state.pipes:
-                with contextlib.suppress(OSError):  # already gone
-                    pipe.send_bytes(shutdown)
-            for process in state.processes:
-                process.join(timeout=_GRACEFUL_EXIT_S)
+        for pipe in state.pipes:
+            with contextlib.suppress(OSError):  # already gone
+                pipe.send_bytes(shutdown)
+
+
+def _reap(state: _GroupState, grace_s: float) -> None:
+    """Join every worker, killing those still running after `grace_s`."""
+    with state.reap_lock:
+        for process in state.processes:
+            process.join(timeout=grace_s)
         for process in state.processes:
             if process.is_alive():
                 process.kill()
@@ -220,20 +236,41 @@ def _stop_processes(state: _GroupState, graceful: bool) -> None:
             pipe.close()
 
 
-def _leave_group(state: _GroupState) -> None:
+def _leave_group(state: _GroupState, timeout_s: float = _LEAVE_FAILED_GROUP_S) -> None:
+    """Leave the process group, giving up after `timeout_s`: NCCL's destroy waits for every
+    rank to destroy too, so it never returns once a rank is gone. The engine is stopping
+    either way; a group left behind only keeps a later tensor-parallel engine in this process
+    from starting (it says so)."""
     with state.reap_lock:
         if state.joined:
             state.joined = False
-            try:
-                torch.distributed.destroy_process_group()
-            except Exception:  # noqa: BLE001 - an aborted group may refuse; it is gone anyway
-                logger.exception("leaving the process group failed")
+            leaving = threading.Thread(target=_destroy_group, name="loraplex-tp-leave", daemon=True)
+            leaving.start()
+            leaving.join(timeout_s)
+            if leaving.is_alive():
+                logger.error(
+                    "leaving the tensor-parallel process group took more than %.0f s "
+                    "(a rank is gone?); left it behind",
+                    timeout_s,
+                )
         if state.threads_before is not None:
             torch.set_num_threads(state.threads_before)
             state.threads_before = None
         shutil.rmtree(state.store_dir, ignore_errors=True)
 
 
+def _destroy_group() -> None:
+    try:
+        torch.distributed.destroy_process_group()
+    except Exception:  # noqa: BLE001 - an aborted group may refuse; it is gone anyway
+        logger.exception("leaving the process group failed")
+
+
 def _shutdown(state: _GroupState) -> None:
-    _stop_processes(state, graceful=True)
-    _leave_group(state)
+    """The normal stop. Every rank leaves the group at the same time (a worker leaves as soon
+    as it reads SHUTDOWN, and with NCCL that waits for the driver to leave too), then the
+    workers exit."""
+    if _mark_closing(state):
+        _send_shutdown(state)
+    _leave_group(state, timeout_s=_LEAVE_GROUP_S)
+    _reap(state, grace_s=_GRACEFUL_EXIT_S)

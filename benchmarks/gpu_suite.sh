@@ -18,6 +18,12 @@
 #   tp             tensor parallelism: parity tests, then TP 1 and 2 throughput (two GPUs)
 #   moe            fused MoE kernel tests, then the mixtral-8x7b preset beside transformers
 #                  (~94 GB on disk)
+#   serve          the server with 128 adapters over 16 slots under streaming clients; needs the
+#                  platform's wheels in .whl/ where the GPU machine has no package index:
+#                  pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+#                    --abi cp312 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+#                    --dest .whl fastapi uvicorn sqlalchemy alembic boto3 pydantic-settings \
+#                    python-multipart
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -114,6 +120,14 @@ for section in "$@"; do
         run moe-kernel-tests 200 python -m pytest -m gpu -q -p no:cacheprovider -rf \
             --tb=short tests/kernels/test_fused_moe_gpu.py
         run moe 580 in_benchmarks python moe.py --batches 1,64 --hf-batches 1
+        ;;
+    serve)
+        if ls .whl/*.whl >/dev/null 2>&1; then
+            python -m pip install -q --no-index --no-deps --target /tmp/loraplex-site .whl/*.whl
+            export PYTHONPATH="$PYTHONPATH:/tmp/loraplex-site"
+        fi
+        run serve 500 in_benchmarks python serve.py --adapters 128 --slots 16 --rate 4 \
+            --duration 60
         ;;
     *)
         echo "unknown section $section" >&2

@@ -25,6 +25,7 @@ import triton.language as tl
 
 from loraplex.kernels.launch_config import launch_config
 from loraplex.kernels.pdl import pdl_options, wait_for_previous
+from loraplex.kernels.silu import silu_times
 
 
 @triton.jit
@@ -51,15 +52,24 @@ def _weight_tile(w_rows, kk, K, EVEN_K: tl.constexpr):
 
 
 @triton.jit
+def _x_tile(x_ptrs, mask, K, GATED: tl.constexpr):
+    """x at `x_ptrs`; with GATED, x is silu(gate) * up read from a [M, 2K] gate_up row."""
+    if GATED:
+        gate = tl.load(x_ptrs, mask=mask, other=0.0)
+        return silu_times(gate, tl.load(x_ptrs + K, mask=mask, other=0.0))
+    return tl.load(x_ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
 def _dot_step(
     acc, w, x_cols, kk, m_mask, K, FP8: tl.constexpr, NATIVE_FP8: tl.constexpr,
-    EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+    EVEN_K: tl.constexpr, IEEE: tl.constexpr, GATED: tl.constexpr,
 ):  # fmt: skip
     """acc [BLOCK_N, BLOCK_M] += w [BLOCK_N, BLOCK_K] @ x[:, kk]^T."""
     if EVEN_K:
-        xt = tl.load(x_cols + kk[:, None], mask=m_mask[None, :], other=0.0)
+        xt = _x_tile(x_cols + kk[:, None], m_mask[None, :], K, GATED)
     else:
-        xt = tl.load(x_cols + kk[:, None], mask=m_mask[None, :] & (kk[:, None] < K), other=0.0)
+        xt = _x_tile(x_cols + kk[:, None], m_mask[None, :] & (kk[:, None] < K), K, GATED)
     if NATIVE_FP8:
         acc = tl.dot(w, xt, acc)
     elif FP8:
@@ -105,6 +115,7 @@ def _gemv_dot_kernel(
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
     IEEE: tl.constexpr,
+    GATED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -126,11 +137,11 @@ def _gemv_dot_kernel(
         _prefetch_weights(w_ptr, offs_n, N, K, stride_wn, PREFETCH_K, LINE)
     wait_for_previous(PDL)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    acc = _dot_step(acc, w, x_cols, offs_k, m_mask, K, FP8, NATIVE_FP8, EVEN_K, IEEE)
+    acc = _dot_step(acc, w, x_cols, offs_k, m_mask, K, FP8, NATIVE_FP8, EVEN_K, IEEE, GATED)
     for k in range(BLOCK_K, K, BLOCK_K):
         kk = k + offs_k
         w = _weight_tile(w_rows, kk, K, EVEN_K)
-        acc = _dot_step(acc, w, x_cols, kk, m_mask, K, FP8, NATIVE_FP8, EVEN_K, IEEE)
+        acc = _dot_step(acc, w, x_cols, kk, m_mask, K, FP8, NATIVE_FP8, EVEN_K, IEEE, GATED)
     n_mask = offs_n < N
     out = _scaled_output(
         tl.trans(acc), x_scale_ptr, w_scale_ptr, bias_ptr, offs_m, m_mask, offs_n, n_mask,
@@ -156,6 +167,7 @@ def _gemv_kernel(
     stride_om,
     FP8: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    GATED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -180,10 +192,11 @@ def _gemv_kernel(
         kk = k + offs_k
         k_mask = kk < K
         w = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-        x = tl.load(
+        x = _x_tile(
             x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
-            mask=m_mask[:, None] & k_mask[None, :],
-            other=0.0,
+            m_mask[:, None] & k_mask[None, :],
+            K,
+            GATED,
         )
         partial += w.to(tl.float32)[None, :, :] * x.to(tl.float32)[:, None, :]
     out = _scaled_output(
@@ -203,11 +216,19 @@ def launch_gemv(
     x_scale: torch.Tensor | None = None,
     weight_scale: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    gated: bool = False,
 ) -> torch.Tensor:
     """x [M, K] @ weight[N, K].T (+ bias) -> [M, N] in `out_dtype` (default x's). With scales,
-    x and weight are fp8 and the products are scaled by x_scale [M] and weight_scale [N]."""
+    x and weight are fp8 and the products are scaled by x_scale [M] and weight_scale [N].
+    With `gated`, x is a gate_up output [M, 2K] and the product is silu(gate) * up @ W.T."""
     m, k = x.shape
     n = weight.shape[0]
+    if gated:
+        if k != 2 * weight.shape[1]:
+            raise ValueError(
+                f"a gated GEMV takes [M, 2 x {weight.shape[1]}] gate_up rows, got {tuple(x.shape)}"
+            )
+        k = weight.shape[1]
     if m > cfg["max_m"]:
         raise ValueError(f"a GEMV takes at most {cfg['max_m']} rows, got {m}")
     if cfg.get("tensor_cores") and cfg["max_m"] > 16:
@@ -236,7 +257,7 @@ def launch_gemv(
         _gemv_dot_kernel[grid](
             *args, FP8=fp8, NATIVE_FP8=fp8 and cfg.get("native_fp8", False),
             HAS_BIAS=bias is not None, EVEN_K=k % cfg["block_k"] == 0,
-            IEEE=x.dtype == torch.float32, BLOCK_M=16, BLOCK_N=cfg["block_n"],
+            IEEE=x.dtype == torch.float32, GATED=gated, BLOCK_M=16, BLOCK_N=cfg["block_n"],
             BLOCK_K=cfg["block_k"], **launch,
         )  # fmt: skip
     else:
@@ -244,7 +265,7 @@ def launch_gemv(
         # The [rows, N, K] partial-sum tile stays the same size whatever the row count.
         block_k = max(cfg["block_k"] // block_m, 16)
         _gemv_kernel[grid](
-            *args, FP8=fp8, HAS_BIAS=bias is not None, BLOCK_M=block_m,
+            *args, FP8=fp8, HAS_BIAS=bias is not None, GATED=gated, BLOCK_M=block_m,
             BLOCK_N=cfg["block_n"], BLOCK_K=block_k, **launch,
         )  # fmt: skip
     return out
@@ -269,10 +290,16 @@ def linear_row_limit(device: torch.device) -> int:
 
 
 def gemv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config=None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    config=None,
+    gated: bool = False,
 ) -> torch.Tensor:
-    """x [M, K] @ weight[N, K].T (+ bias) for a few rows, weight and x in one dtype."""
+    """x [M, K] @ weight[N, K].T (+ bias) for a few rows, weight and x in one dtype. With
+    `gated`, x is the gate_up projection's output [M, 2K] and the GEMV multiplies
+    silu(gate) * up, computed as it loads (the down projection without an activation launch)."""
     if weight.dtype != x.dtype:
         raise ValueError(f"weight is {weight.dtype} but x is {x.dtype}")
     cfg = config or shape_config("gemv", *weight.shape, x.device)
-    return launch_gemv(x, weight, bias, cfg)
+    return launch_gemv(x, weight, bias, cfg, gated=gated)

@@ -11,6 +11,7 @@ import triton.language as tl
 
 from loraplex.kernels.fp8_linear import FP8_MAX, MIN_SCALE, check_fp8_outputs, quantize_row
 from loraplex.kernels.pdl import pdl_options, wait_for_previous
+from loraplex.kernels.silu import silu_times
 
 BLOCK = 1024
 
@@ -27,9 +28,7 @@ def _silu_and_mul_kernel(
     mask = offs < num_cols
     gate = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     up = tl.load(x_ptr + row * stride_x + num_cols + offs, mask=mask, other=0.0)
-    g = gate.to(tl.float32)
-    act = tl.math.div_rn(g, 1.0 + tl.exp(-g)).to(gate.dtype)
-    out = act * up
+    out = silu_times(gate, up)
     tl.store(out_ptr + row * stride_out + offs, out, mask=mask)
     if QUANTIZE:  # one program holds the whole row (BLOCK >= num_cols)
         q, scale = quantize_row(out, mask, FP8_MAX_VALUE, MIN)

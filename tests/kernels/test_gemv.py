@@ -79,3 +79,39 @@ def test_engine_linears_use_the_gemv_up_to_the_configured_rows(monkeypatch):
         want = torch.nn.functional.linear(x[:rows].float(), weight.float(), bias.float())
         assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
     assert calls == [1, 2]
+
+
+def _gated_problem(rows, n, k, dtype, device, seed):
+    generator = torch.Generator().manual_seed(seed)
+    gate_up = (torch.randn(rows, 2 * k, generator=generator) * 2).to(dtype).to(device)
+    weight = (torch.randn(n, k, generator=generator) / k**0.5).to(dtype).to(device)
+    return gate_up, weight
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 40, 64), (3, 16, 100)])
+@CPU_CONFIGS
+def test_gated_gemv_equals_the_activation_then_the_gemv(dtype, rows, n, k, config):
+    """silu(gate) * up computed while loading x rounds exactly as the activation kernel does,
+    so the fused down projection returns the unfused result bit for bit."""
+    from loraplex.kernels.silu_and_mul import silu_and_mul
+
+    gate_up, weight = _gated_problem(rows, n, k, dtype, "cpu", seed=rows + k)
+    got = gemv(gate_up, weight, config=config, gated=True)
+    want = gemv(silu_and_mul(gate_up), weight, config=config)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="gated GEMV takes"):
+        gemv(gate_up[:, :k], weight, config=config, gated=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("tensor_cores", [False, True])
+def test_gated_gemv_gpu(dtype, rows, tensor_cores):
+    from loraplex.kernels.silu_and_mul import silu_and_mul
+
+    gate_up, weight = _gated_problem(rows, 4096, 14336, dtype, "cuda", seed=rows)
+    config = {**launch_config("gemv", "4096x14336", gate_up.device), "tensor_cores": tensor_cores}
+    got = gemv(gate_up, weight, config=config, gated=True)
+    assert torch.equal(got, gemv(silu_and_mul(gate_up), weight, config=config))

@@ -96,14 +96,22 @@ class LinearBase(nn.Module):
         return self.matmul(x, self.bias)
 
 
-def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight.T (+ bias). Decode-sized batches on a GPU whose config names a
-    `linear_max_m` go to the Triton GEMV, where it was measured faster than the library GEMM."""
+def _uses_gemv(x: torch.Tensor) -> bool:
+    """Decode-sized batches on a GPU whose config names a `linear_max_m` go to the Triton GEMV,
+    where it was measured faster than the library GEMM."""
     if x.is_cuda and x.dim() == 2 and x.dtype in (torch.bfloat16, torch.float16):
-        from loraplex.kernels.gemv import gemv, linear_row_limit
+        from loraplex.kernels.gemv import linear_row_limit
 
-        if x.shape[0] <= linear_row_limit(x.device):
-            return gemv(x, weight, bias)
+        return x.shape[0] <= linear_row_limit(x.device)
+    return False
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T (+ bias), through the GEMV where `_uses_gemv`."""
+    if _uses_gemv(x):
+        from loraplex.kernels.gemv import gemv
+
+        return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -201,3 +209,15 @@ class RowParallelLinear(LinearBase):
             return self.matmul(x, self.bias)
         bias = self.bias if self.tp_rank == 0 else None
         return all_reduce(self.matmul(x, bias))
+
+    def forward_gated(self, gate_up: torch.Tensor) -> torch.Tensor | None:
+        """This layer applied to silu(gate) * up of a gate_up output [T, 2 x in], in one GEMV
+        launch that computes the activation as it loads it; None where no GEMV would run
+        (fp8 weights, batches past the GEMV's rows, CPU): the caller activates first."""
+        if self.weight_scale is not None or not _uses_gemv(gate_up):
+            return None
+        from loraplex.kernels.gemv import gemv
+
+        bias = self.bias if self.tp_rank == 0 else None
+        out = gemv(gate_up, self.weight, bias, gated=True)
+        return out if self.tp_size == 1 else all_reduce(out)

@@ -87,7 +87,14 @@ class LlamaMLP(nn.Module):
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj(x)
+        # At decode sizes the down GEMV computes the activation itself (one launch fewer); a
+        # LoRA-wrapped down projection needs the activation for its own product.
+        if type(self.down_proj) is RowParallelLinear:
+            out = self.down_proj.forward_gated(gate_up)
+            if out is not None:
+                return out
+        return self.down_proj(self.act(gate_up))
 
 
 # Builds the feed-forward block of decoder layer `layer_index`.

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from loraplex.kernels.launch_config import head_dim_bucket, launch_config, num_multiprocessors
-from loraplex.kernels.paged_kv import LOG2_E, attend_tile
+from loraplex.kernels.paged_kv import LOG2_E, attend_tile, query_for_fp8_cache
 from loraplex.kernels.pdl import pdl_options, wait_for_previous
 from loraplex.kernels.reference import FP8_DTYPE
 
@@ -129,6 +129,7 @@ def _paged_decode_kernel(
     q_pos = tl.full([BLOCK_M], 0, tl.int32) + context_len - 1
     if KV_FP8:
         qk_scale = qk_scale * tl.load(k_scale_ptr)
+        q = query_for_fp8_cache(q)
     table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_table
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)

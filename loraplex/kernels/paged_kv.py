@@ -52,6 +52,17 @@ def load_kv_tile(
 
 
 @triton.jit
+def query_for_fp8_cache(q):
+    """The query in the dtype its products with an fp8 cache run in. A bf16 query becomes
+    fp16: e4m3 converts to fp16 in one instruction on Hopper but to bf16 in several, which cost
+    more than the cache tile's bytes, and fp16 holds a query's bf16 values exactly within its
+    range (|q| < 65504), with the probabilities in the second product more precisely."""
+    if q.dtype.is_bf16():
+        q = q.to(tl.float16)
+    return q
+
+
+@triton.jit
 def online_softmax_step(scores, v, m_i, l_i, acc):
     """Fold one tile into the running (max, sum, output): scores are log2-scaled, masked to
     -inf; a row whose scores are all -inf so far stays at (−inf, 0, 0) instead of NaN."""

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from loraplex.kernels.launch_config import for_element_size, head_dim_bucket, launch_config
-from loraplex.kernels.paged_kv import LOG2_E, attend_tile
+from loraplex.kernels.paged_kv import LOG2_E, attend_tile, query_for_fp8_cache
 from loraplex.kernels.segments import num_segment_tiles, segment_of_tile, tile_rows
 
 
@@ -94,6 +94,7 @@ def _paged_prefill_kernel(
 
     if KV_FP8:
         qk_scale = qk_scale * tl.load(k_scale_ptr)
+        q = query_for_fp8_cache(q)
     table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_table
     first_pos = context_len - q_len + first_q
     kv_end = context_len - q_len + tl.minimum(first_q + BLOCK_Q, q_len)

@@ -110,10 +110,18 @@ def test_prefill_sliding_window(window):
     _assert_close(out, _reference(problem, window), torch.float16)
 
 
+# bf16 queries run their products with an fp8 cache in fp16 (a one-instruction conversion of
+# the cache tiles on Hopper), which the interpreter also computes correctly.
+FP8_QUERY_DTYPES = pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+
+
 @pytest.mark.parametrize("head_dim", [64, 96])
-def test_prefill_fp8_cache(head_dim):
-    problem = _problem(PREFILL_Q, PREFILL_CTX, head_dim=head_dim, kv_fp8=True, seed=3)
-    _assert_close(_run_prefill(problem), _reference(problem), torch.float16)
+@FP8_QUERY_DTYPES
+def test_prefill_fp8_cache(head_dim, dtype):
+    problem = _problem(PREFILL_Q, PREFILL_CTX, head_dim=head_dim, kv_fp8=True, seed=3, dtype=dtype)
+    out = _run_prefill(problem)
+    assert out.dtype == dtype
+    _assert_close(out, _reference(problem), dtype)
 
 
 def _decode_problem(ctx=DECODE_CTX, **kw) -> PagedProblem:
@@ -164,10 +172,12 @@ def test_decode_sliding_window(window, num_splits):
 
 
 @pytest.mark.parametrize("num_splits", [1, 3])
-def test_decode_fp8_cache(num_splits):
-    problem = _decode_problem(kv_fp8=True, seed=7)
+@FP8_QUERY_DTYPES
+def test_decode_fp8_cache(num_splits, dtype):
+    problem = _decode_problem(kv_fp8=True, seed=7, dtype=dtype)
     out = _run_decode(problem, num_splits=num_splits)
-    _assert_close(out, _reference(problem), torch.float16)
+    assert out.dtype == dtype
+    _assert_close(out, _reference(problem), dtype)
 
 
 def test_decode_skips_sequences_without_a_query_token():

@@ -93,6 +93,8 @@ class ModelRunner:
             self.lora_layers = apply_lora(
                 self.model, config.lora.max_loras, config.lora.max_lora_rank
             )
+        for layer in self.model.model.layers:  # after LoRA wrapped the layers it applies to
+            layer.defer_norms_to_projections()
         self.attention_layers = [m for m in self.model.modules() if _is_attention(m)]
         self.kv_dtype = FP8_DTYPE if config.cache.cache_dtype.startswith("fp8") else self.dtype
         self.num_blocks = self._decide_num_blocks()

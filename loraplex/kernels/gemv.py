@@ -18,6 +18,7 @@ its weight loads go through the compiler's asynchronous copy pipeline, as a GEMM
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -61,15 +62,46 @@ def _x_tile(x_ptrs, mask, K, GATED: tl.constexpr):
 
 
 @triton.jit
-def _dot_step(
-    acc, w, x_cols, kk, m_mask, K, FP8: tl.constexpr, NATIVE_FP8: tl.constexpr,
-    EVEN_K: tl.constexpr, IEEE: tl.constexpr, GATED: tl.constexpr,
+def _inverse_rms(
+    x_cols, r_cols, r_out_cols, offs_k, m_mask, K, eps, write_rows, HAS_RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """acc [BLOCK_N, BLOCK_M] += w [BLOCK_N, BLOCK_K] @ x[:, kk]^T."""
-    if EVEN_K:
-        xt = _x_tile(x_cols + kk[:, None], m_mask[None, :], K, GATED)
-    else:
-        xt = _x_tile(x_cols + kk[:, None], m_mask[None, :] & (kk[:, None] < K), K, GATED)
+    """1 / rms of each of the BLOCK_M rows of x (+ residual) over all K, as RMSNorm computes it;
+    for the `write_rows`, also stores x + residual (the next residual stream)."""
+    sum_sq = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        kk = k + offs_k
+        mask = m_mask[None, :] & (kk[:, None] < K)
+        h = tl.load(x_cols + kk[:, None], mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            h = h + tl.load(r_cols + kk[:, None], mask=mask, other=0.0)
+            tl.store(r_out_cols + kk[:, None], h, mask=write_rows[None, :] & (kk[:, None] < K))
+        h = h.to(tl.float32)
+        sum_sq += tl.sum(h * h, axis=0)
+    return tl.math.rsqrt(sum_sq / K + eps)
+
+
+@triton.jit
+def _x_cols(
+    x_cols, r_cols, norm_w_ptr, inv_rms, kk, m_mask, K, EVEN_K: tl.constexpr,
+    GATED: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):  # fmt: skip
+    """x[:, kk]^T as a [BLOCK_K, BLOCK_M] tile: gated (silu(gate) * up), or normalized as
+    RMSNorm rounds (x + residual, times 1 / rms cast to x's dtype, times the norm weight)."""
+    mask = m_mask[None, :] if EVEN_K else m_mask[None, :] & (kk[:, None] < K)
+    if NORM:
+        h = tl.load(x_cols + kk[:, None], mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            h = h + tl.load(r_cols + kk[:, None], mask=mask, other=0.0)
+        h = (h.to(tl.float32) * inv_rms[None, :]).to(h.dtype)
+        norm_w = tl.load(norm_w_ptr + kk[:, None], mask=kk[:, None] < K, other=0.0)
+        return norm_w * h
+    return _x_tile(x_cols + kk[:, None], mask, K, GATED)
+
+
+@triton.jit
+def _dot_step(acc, w, xt, FP8: tl.constexpr, NATIVE_FP8: tl.constexpr, IEEE: tl.constexpr):
+    """acc [BLOCK_N, BLOCK_M] += w [BLOCK_N, BLOCK_K] @ xt [BLOCK_K, BLOCK_M]."""
     if NATIVE_FP8:
         acc = tl.dot(w, xt, acc)
     elif FP8:
@@ -104,18 +136,26 @@ def _gemv_dot_kernel(
     w_scale_ptr,
     bias_ptr,
     out_ptr,
+    residual_ptr,
+    norm_w_ptr,
+    residual_out_ptr,
     M,
     N,
     K,
     stride_xm,
     stride_wn,
     stride_om,
+    stride_rm,
+    stride_rom,
+    eps,
     FP8: tl.constexpr,
     NATIVE_FP8: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
     IEEE: tl.constexpr,
     GATED: tl.constexpr,
+    NORM: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -136,12 +176,25 @@ def _gemv_dot_kernel(
     if PREFETCH_K > 0:
         _prefetch_weights(w_ptr, offs_n, N, K, stride_wn, PREFETCH_K, LINE)
     wait_for_previous(PDL)
+    r_cols = residual_ptr + offs_m[None, :] * stride_rm
+    inv_rms = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if NORM:  # every program normalizes the few rows itself; program 0 keeps x + residual
+        r_out_cols = residual_out_ptr + offs_m[None, :] * stride_rom
+        write_rows = offs_m < tl.where(tl.program_id(0) == 0, M, 0)
+        inv_rms = _inverse_rms(
+            x_cols, r_cols, r_out_cols, offs_k, m_mask, K, eps, write_rows, HAS_RESIDUAL,
+            BLOCK_M, BLOCK_K,
+        )  # fmt: skip
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    acc = _dot_step(acc, w, x_cols, offs_k, m_mask, K, FP8, NATIVE_FP8, EVEN_K, IEEE, GATED)
+    xt = _x_cols(x_cols, r_cols, norm_w_ptr, inv_rms, offs_k, m_mask, K, EVEN_K, GATED, NORM,
+                 HAS_RESIDUAL)  # fmt: skip
+    acc = _dot_step(acc, w, xt, FP8, NATIVE_FP8, IEEE)
     for k in range(BLOCK_K, K, BLOCK_K):
         kk = k + offs_k
         w = _weight_tile(w_rows, kk, K, EVEN_K)
-        acc = _dot_step(acc, w, x_cols, kk, m_mask, K, FP8, NATIVE_FP8, EVEN_K, IEEE, GATED)
+        xt = _x_cols(x_cols, r_cols, norm_w_ptr, inv_rms, kk, m_mask, K, EVEN_K, GATED, NORM,
+                     HAS_RESIDUAL)  # fmt: skip
+        acc = _dot_step(acc, w, xt, FP8, NATIVE_FP8, IEEE)
     n_mask = offs_n < N
     out = _scaled_output(
         tl.trans(acc), x_scale_ptr, w_scale_ptr, bias_ptr, offs_m, m_mask, offs_n, n_mask,
@@ -207,6 +260,33 @@ def _gemv_kernel(
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
+@dataclass(frozen=True)
+class RowNorm:
+    """An RMSNorm a GEMV applies to its input rows first: x (+ residual) normalized and scaled
+    by `weight`; `residual_out` [M, K] receives x + residual (the next residual stream)."""
+
+    weight: torch.Tensor
+    eps: float
+    residual: torch.Tensor | None = None
+    residual_out: torch.Tensor | None = None
+
+    def check(self, x: torch.Tensor) -> None:
+        if self.weight.shape != (x.shape[1],) or self.weight.dtype != x.dtype:
+            raise ValueError(
+                f"norm weight must be [{x.shape[1]}] {x.dtype}, got "
+                f"{tuple(self.weight.shape)} {self.weight.dtype}"
+            )
+        if (self.residual is None) != (self.residual_out is None):
+            raise ValueError("a residual needs a residual_out for the sum, and only then")
+        for name in ("residual", "residual_out"):
+            t = getattr(self, name)
+            if t is not None and (t.shape != x.shape or t.dtype != x.dtype or t.stride(-1) != 1):
+                raise ValueError(
+                    f"{name} must be {tuple(x.shape)} {x.dtype} with unit column stride, got "
+                    f"{tuple(t.shape)} {t.dtype}"
+                )
+
+
 def launch_gemv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -217,12 +297,18 @@ def launch_gemv(
     weight_scale: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     gated: bool = False,
+    norm: RowNorm | None = None,
 ) -> torch.Tensor:
     """x [M, K] @ weight[N, K].T (+ bias) -> [M, N] in `out_dtype` (default x's). With scales,
     x and weight are fp8 and the products are scaled by x_scale [M] and weight_scale [N].
-    With `gated`, x is a gate_up output [M, 2K] and the product is silu(gate) * up @ W.T."""
+    With `gated`, x is a gate_up output [M, 2K] and the product is silu(gate) * up @ W.T.
+    With `norm` (tensor-core configs, unquantized), the product is RMSNorm(x) @ W.T."""
     m, k = x.shape
     n = weight.shape[0]
+    if norm is not None:
+        if gated or weight_scale is not None or not cfg.get("tensor_cores"):
+            raise ValueError("a normalizing GEMV takes unquantized, ungated x and tensor cores")
+        norm.check(x)
     if gated:
         if k != 2 * weight.shape[1]:
             raise ValueError(
@@ -242,11 +328,11 @@ def launch_gemv(
         return out
     fp8 = weight_scale is not None
     spare = weight  # any pointer, for the arguments a launch does not read
-    args = (
+    operands = (
         x, x_scale if fp8 else spare, weight, weight_scale if fp8 else spare,
-        bias if bias is not None else spare, out, m, n, k,
-        x.stride(0), weight.stride(0), out.stride(0),
+        bias if bias is not None else spare, out,
     )  # fmt: skip
+    sizes = (m, n, k, x.stride(0), weight.stride(0), out.stride(0))
     grid = (triton.cdiv(n, cfg["block_n"]),)
     pdl = pdl_options(x.device)
     # Prefetching only pays while a previous kernel runs, i.e. under PDL.
@@ -254,10 +340,21 @@ def launch_gemv(
                 "LINE": 128 // weight.element_size()}  # fmt: skip
     launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], **prefetch, **pdl}
     if cfg.get("tensor_cores"):
+        residual = norm.residual if norm is not None else None
+        residual_out = norm.residual_out if norm is not None else None
         _gemv_dot_kernel[grid](
-            *args, FP8=fp8, NATIVE_FP8=fp8 and cfg.get("native_fp8", False),
+            *operands[:6],
+            residual if residual is not None else spare,
+            norm.weight if norm is not None else spare,
+            residual_out if residual_out is not None else spare,
+            *sizes,
+            residual.stride(0) if residual is not None else 0,
+            residual_out.stride(0) if residual_out is not None else 0,
+            norm.eps if norm is not None else 0.0,
+            FP8=fp8, NATIVE_FP8=fp8 and cfg.get("native_fp8", False),
             HAS_BIAS=bias is not None, EVEN_K=k % cfg["block_k"] == 0,
-            IEEE=x.dtype == torch.float32, GATED=gated, BLOCK_M=16, BLOCK_N=cfg["block_n"],
+            IEEE=x.dtype == torch.float32, GATED=gated, NORM=norm is not None,
+            HAS_RESIDUAL=residual is not None, BLOCK_M=16, BLOCK_N=cfg["block_n"],
             BLOCK_K=cfg["block_k"], **launch,
         )  # fmt: skip
     else:
@@ -265,7 +362,7 @@ def launch_gemv(
         # The [rows, N, K] partial-sum tile stays the same size whatever the row count.
         block_k = max(cfg["block_k"] // block_m, 16)
         _gemv_kernel[grid](
-            *args, FP8=fp8, HAS_BIAS=bias is not None, GATED=gated, BLOCK_M=block_m,
+            *operands, *sizes, FP8=fp8, HAS_BIAS=bias is not None, GATED=gated, BLOCK_M=block_m,
             BLOCK_N=cfg["block_n"], BLOCK_K=block_k, **launch,
         )  # fmt: skip
     return out
@@ -295,11 +392,14 @@ def gemv(
     bias: torch.Tensor | None = None,
     config=None,
     gated: bool = False,
+    norm: RowNorm | None = None,
 ) -> torch.Tensor:
     """x [M, K] @ weight[N, K].T (+ bias) for a few rows, weight and x in one dtype. With
     `gated`, x is the gate_up projection's output [M, 2K] and the GEMV multiplies
-    silu(gate) * up, computed as it loads (the down projection without an activation launch)."""
+    silu(gate) * up, computed as it loads (the down projection without an activation launch).
+    With `norm`, it multiplies RMSNorm(x (+ residual)), each program normalizing the rows
+    itself (the projection after a norm without the norm's launch)."""
     if weight.dtype != x.dtype:
         raise ValueError(f"weight is {weight.dtype} but x is {x.dtype}")
     cfg = config or shape_config("gemv", *weight.shape, x.device)
-    return launch_gemv(x, weight, bias, cfg, gated=gated)
+    return launch_gemv(x, weight, bias, cfg, gated=gated, norm=norm)

@@ -72,21 +72,31 @@ def rms_norm(
     eps: float,
     residual: torch.Tensor | None = None,
     quantized: tuple[torch.Tensor, torch.Tensor] | None = None,
+    residual_out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm of `x [T, H]`; with `residual`, of `x + residual`, returned with that sum (the
-    next residual) as `(normed, x + residual)`. With `quantized` (q [T, H] fp8, scale [T, 1]
-    float32, see `fp8_linear.fp8_outputs`), also fills them with `quantize_rows(normed)`."""
+    next residual) as `(normed, x + residual)`, the sum written into `residual_out` when given.
+    With `quantized` (q [T, H] fp8, scale [T, 1] float32, see `fp8_linear.fp8_outputs`), also
+    fills them with `quantize_rows(normed)`."""
     if x.dim() != 2 or x.stride(-1) != 1:
         raise ValueError(f"x must be [tokens, hidden] with unit column stride, got {x.shape}")
     num_rows, num_cols = x.shape
     if weight.shape != (num_cols,):
         raise ValueError(f"weight has shape {tuple(weight.shape)}, expected ({num_cols},)")
     out = torch.empty_like(x)
-    residual_out = out
     if residual is not None:
         if residual.shape != x.shape or residual.stride(-1) != 1:
             raise ValueError(f"residual {tuple(residual.shape)} does not match x {tuple(x.shape)}")
-        residual_out = torch.empty_like(x)
+        if residual_out is None:
+            residual_out = torch.empty_like(x)
+        elif residual_out.shape != x.shape or residual_out.stride(-1) != 1:
+            raise ValueError(
+                f"residual_out {tuple(residual_out.shape)} does not match x {tuple(x.shape)}"
+            )
+    elif residual_out is not None:
+        raise ValueError("residual_out receives x + residual: it needs a residual")
+    else:
+        residual_out = out
     if quantized is not None:
         check_fp8_outputs(quantized, num_rows, num_cols, x.device)
     if num_rows:

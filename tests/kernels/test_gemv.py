@@ -115,3 +115,43 @@ def test_gated_gemv_gpu(dtype, rows, tensor_cores):
     config = {**launch_config("gemv", "4096x14336", gate_up.device), "tensor_cores": tensor_cores}
     got = gemv(gate_up, weight, config=config, gated=True)
     assert torch.equal(got, gemv(silu_and_mul(gate_up), weight, config=config))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 40, 64), (3, 16, 100), (4, 33, 300)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_normalizing_gemv_equals_the_norm_then_the_gemv(dtype, rows, n, k, with_residual):
+    """Each program normalizes the rows itself; program 0 also writes x + residual."""
+    from loraplex.kernels.gemv import RowNorm
+    from loraplex.kernels.rms_norm import rms_norm
+
+    x, weight, bias = _problem(rows, n, k, dtype, "cpu", seed=rows * k)
+    g = torch.Generator().manual_seed(k)
+    norm_weight = (1 + torch.randn(k, generator=g) / 4).to(dtype)
+    residual = torch.randn(rows, k, generator=g).to(dtype) if with_residual else None
+    residual_out = torch.full_like(x, float("nan")) if with_residual else None
+    norm = RowNorm(norm_weight, 1e-5, residual, residual_out)
+    got = gemv(x, weight, bias, config=TENSOR_CORES, norm=norm)
+    normed = rms_norm(x, norm_weight, 1e-5, residual)
+    if with_residual:
+        normed, summed = normed
+        assert torch.equal(residual_out, summed)
+    want = gemv(normed, weight, bias, config=TENSOR_CORES)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_normalizing_gemv_refuses_what_it_cannot_do():
+    from loraplex.kernels.gemv import RowNorm
+
+    x, weight, _ = _problem(2, 16, 32, torch.float32, "cpu", seed=0)
+    norm = RowNorm(torch.ones(32), 1e-6)
+    with pytest.raises(ValueError, match="tensor cores"):
+        gemv(x, weight, config=CUDA_CORES, norm=norm)
+    with pytest.raises(ValueError, match="norm weight must be"):
+        gemv(x, weight, config=TENSOR_CORES, norm=RowNorm(torch.ones(31), 1e-6))
+    with pytest.raises(ValueError, match="residual_out"):
+        gemv(x, weight, config=TENSOR_CORES, norm=RowNorm(torch.ones(32), 1e-6, x.clone()))
+    with pytest.raises(ValueError, match="residual must be"):
+        bad = RowNorm(torch.ones(32), 1e-6, x[:1].clone(), x.clone())
+        gemv(x, weight, config=TENSOR_CORES, norm=bad)

@@ -21,6 +21,7 @@ from loraplex.engine.layers.fp8 import (
     fp8_linear,
     quantize_rows,
 )
+from loraplex.engine.layers.norm import DeferredNorm
 
 
 def _param(*shape: int, dtype: torch.dtype | None = None) -> nn.Parameter:
@@ -82,10 +83,31 @@ class LinearBase(nn.Module):
         self.weight = nn.Parameter(q, requires_grad=False)
         self.weight_scale = nn.Parameter(scale.view(-1), requires_grad=False)
 
-    def matmul(self, x: torch.Tensor | Fp8Activation, bias: torch.Tensor | None) -> torch.Tensor:
+    def matmul(
+        self, x: torch.Tensor | Fp8Activation | DeferredNorm, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if isinstance(x, DeferredNorm):
+            if self.fuses_norm and uses_gemv(x.x):
+                from loraplex.kernels.gemv import RowNorm, gemv
+
+                norm = RowNorm(x.norm.weight, x.norm.eps, x.residual, x.residual_out)
+                return gemv(x.x, self.weight, bias, norm=norm)
+            x = x.materialize()
         if self.weight_scale is None:
             return dense_linear(x.x if isinstance(x, Fp8Activation) else x, self.weight, bias)
         return fp8_linear(x, self.weight, self.weight_scale, bias)
+
+    @property
+    def fuses_norm(self) -> bool:
+        """Whether this layer's GEMV can normalize its input itself (`DeferredNorm`): bf16 /
+        fp16 weights on a GPU whose config gives their shape the tensor-core GEMV."""
+        weight = self.weight
+        if not weight.is_cuda or weight.dtype not in (torch.bfloat16, torch.float16):
+            return False
+        from loraplex.kernels.gemv import linear_row_limit, shape_config
+
+        config = shape_config("gemv", *weight.shape, weight.device)
+        return linear_row_limit(weight.device) > 0 and bool(config.get("tensor_cores"))
 
     @property
     def takes_fp8(self) -> bool:
@@ -96,7 +118,7 @@ class LinearBase(nn.Module):
         return self.matmul(x, self.bias)
 
 
-def _uses_gemv(x: torch.Tensor) -> bool:
+def uses_gemv(x: torch.Tensor) -> bool:
     """Decode-sized batches on a GPU whose config names a `linear_max_m` go to the Triton GEMV,
     where it was measured faster than the library GEMM."""
     if x.is_cuda and x.dim() == 2 and x.dtype in (torch.bfloat16, torch.float16):
@@ -107,8 +129,8 @@ def _uses_gemv(x: torch.Tensor) -> bool:
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight.T (+ bias), through the GEMV where `_uses_gemv`."""
-    if _uses_gemv(x):
+    """x @ weight.T (+ bias), through the GEMV where `uses_gemv`."""
+    if uses_gemv(x):
         from loraplex.kernels.gemv import gemv
 
         return gemv(x, weight, bias)
@@ -214,7 +236,7 @@ class RowParallelLinear(LinearBase):
         """This layer applied to silu(gate) * up of a gate_up output [T, 2 x in], in one GEMV
         launch that computes the activation as it loads it; None where no GEMV would run
         (fp8 weights, batches past the GEMV's rows, CPU): the caller activates first."""
-        if self.weight_scale is not None or not _uses_gemv(gate_up):
+        if self.weight_scale is not None or not uses_gemv(gate_up):
             return None
         from loraplex.kernels.gemv import gemv
 

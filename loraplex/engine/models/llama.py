@@ -19,6 +19,7 @@ from loraplex.engine.layers.activation import SiluAndMul
 from loraplex.engine.layers.attention import Attention
 from loraplex.engine.layers.embed import ParallelLMHead, VocabParallelEmbedding
 from loraplex.engine.layers.linear import (
+    LinearBase,
     MergedColumnParallelLinear,
     QKVParallelLinear,
     RowParallelLinear,
@@ -116,6 +117,17 @@ class LlamaDecoderLayer(nn.Module):
         if isinstance(self.mlp, LlamaMLP):
             self.post_attention_layernorm.fp8_output = self.mlp.gate_up_proj.takes_fp8
             self.mlp.act.fp8_output = self.mlp.down_proj.takes_fp8
+
+    def defer_norms_to_projections(self) -> None:
+        """Have each norm hand its projection a `DeferredNorm` where that projection is a plain
+        (not LoRA-wrapped) linear layer whose GEMV normalizes its input itself."""
+
+        def fuses(layer: nn.Module) -> bool:
+            return isinstance(layer, LinearBase) and layer.fuses_norm
+
+        self.input_layernorm.defer_to_consumer = fuses(self.self_attn.qkv_proj)
+        if isinstance(self.mlp, LlamaMLP):
+            self.post_attention_layernorm.defer_to_consumer = fuses(self.mlp.gate_up_proj)
 
     def forward(
         self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None

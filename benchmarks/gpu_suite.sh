@@ -68,7 +68,7 @@ for section in "$@"; do
     case $section in
     kernel-tests)
         run kernel-tests 300 python -m pytest -m gpu -q -p no:cacheprovider -rf --tb=short \
-            tests/kernels tests/engine/test_cuda_graphs.py \
+            tests/kernels tests/engine/test_cuda_graphs.py tests/engine/test_fused_projections.py \
             --ignore=tests/kernels/test_fused_moe_gpu.py
         ;;
     engine-tests)

@@ -155,3 +155,24 @@ def test_normalizing_gemv_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="residual must be"):
         bad = RowNorm(torch.ones(32), 1e-6, x[:1].clone(), x.clone())
         gemv(x, weight, config=TENSOR_CORES, norm=bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("n", [6144, 28672])
+def test_normalizing_gemv_gpu(dtype, rows, n):
+    from loraplex.kernels.gemv import RowNorm
+    from loraplex.kernels.rms_norm import rms_norm
+
+    x, weight, _ = _problem(rows, n, 4096, dtype, "cuda", seed=rows)
+    g = torch.Generator().manual_seed(n)
+    norm_weight = (1 + torch.randn(4096, generator=g) / 4).to(dtype).cuda()
+    residual = torch.randn(rows, 4096, generator=g).to(dtype).cuda()
+    residual_out = torch.full_like(x, float("nan"))
+    config = launch_config("gemv", f"{n}x4096", x.device)
+    got = gemv(x, weight, config=config, norm=RowNorm(norm_weight, 1e-5, residual, residual_out))
+    normed, summed = rms_norm(x, norm_weight, 1e-5, residual)
+    assert torch.equal(residual_out, summed)
+    want = gemv(normed, weight, config=config)
+    assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 1e-2

@@ -181,3 +181,42 @@ def test_fused_projections_decode_like_unfused_ones_in_bf16(tiny_model_dirs, mon
     agreement = sum(a == b for a, b in zip(fused, unfused, strict=True)) / len(fused)
     print(f"greedy token agreement, fused vs unfused projections (bf16): {agreement:.1%}")
     assert agreement >= 0.9
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_the_engine_decodes_the_same_with_fused_projections(tiny_model_dirs, monkeypatch, arch):
+    """The whole decoder with every decode-size projection computing its input (norms deferred
+    across layers, residual sums written by the GEMVs, the gated down projection), run by the
+    interpreter on CPU: the same greedy tokens as with the norm and activation launched apart."""
+    from loraplex import LLM, SamplingParams
+
+    monkeypatch.setattr(linear, "uses_gemv", lambda x: x.dim() == 2 and x.shape[0] <= GEMV_ROWS)
+    monkeypatch.setattr(gemv_module, "shape_config", lambda *args: TENSOR_CORES)
+    g = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(4, 200, (n,), generator=g).tolist() for n in (1, 7, 16)]
+    params = SamplingParams(temperature=0, max_tokens=8)
+    launches: list[str] = []
+    plain_gemv = gemv_module.gemv
+
+    def counted_gemv(x, weight, bias=None, config=None, gated=False, norm=None):
+        launches.append("norm" if norm is not None else "gated" if gated else "plain")
+        return plain_gemv(x, weight, bias, config, gated, norm)
+
+    monkeypatch.setattr(gemv_module, "gemv", counted_gemv)
+
+    def greedy(fused: bool) -> list[list[int]]:
+        monkeypatch.setattr(LinearBase, "fuses_norm", property(lambda self: fused))
+        if not fused:
+            monkeypatch.setattr(
+                linear.RowParallelLinear, "forward_gated", lambda self, gate_up: None
+            )
+        llm = LLM(tiny_model_dirs[arch], dtype="float32", max_num_seqs=GEMV_ROWS)
+        layers = llm.llm_engine.model_runner.model.model.layers
+        assert all(layer.input_layernorm.defer_to_consumer == fused for layer in layers)
+        return [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+
+    fused = greedy(True)
+    assert {"norm", "gated"} <= set(launches)
+    launches.clear()
+    assert fused == greedy(False)
+    assert set(launches) == {"plain"}

@@ -121,7 +121,7 @@ for section in "$@"; do
     moe)
         run moe-kernel-tests 150 python -m pytest -m gpu -q -p no:cacheprovider -rf \
             --tb=short tests/kernels/test_fused_moe_gpu.py
-        run moe 430 in_benchmarks python moe.py --batches 1,64 --hf-batches 1
+        run moe 430 in_benchmarks python moe.py --batches 1,64 --hf-batches 1,64
         ;;
     moe-tp2)
         LORAPLEX_TP_ALL_REDUCE=symm_mem run moe-tp2 560 in_benchmarks python moe.py --tp 2 \

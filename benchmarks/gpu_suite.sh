@@ -10,7 +10,8 @@
 #   kernel-tests   Triton kernels and CUDA graphs against their references (pytest -m gpu)
 #   engine-tests   engine parity with transformers / peft on CUDA (LORAPLEX_TEST_DEVICE=cuda)
 #   gemv-sweep     decode GEMV block sizes, bf16 and fp8, written to the GPU's config table
-#   decode-b1      batch-1 decode, bf16 and fp8, against the memory roofline; step anatomy
+#   decode-b1      the fused decode projections against the kernels they replace, then batch-1
+#                  decode, bf16 and fp8, against the memory roofline; step anatomy
 #   prefetch       batch-1 decode with the GEMV's L2 prefetch off and on
 #   hotload        adapter load times, disk -> CPU -> GPU slot
 #   lora           multi-LoRA throughput at batch 256 (base, 1..128 adapters, fp8 base)
@@ -82,6 +83,7 @@ for section in "$@"; do
         run gemv-sweep 300 in_benchmarks python fp8_gemm.py --quick --rows 1,4 --write-config
         ;;
     decode-b1)
+        run fused-projections 120 in_benchmarks python fused_projections.py
         run decode-b1 200 in_benchmarks python offline_throughput.py --batches 1 \
             --hf-batches "" --quantization fp8
         run profile-bf16 90 in_benchmarks python profile_decode.py --batch 1 --kernels 14

@@ -16,7 +16,8 @@
 #   hotload        adapter load times, disk -> CPU -> GPU slot
 #   lora           multi-LoRA throughput at batch 256 (base, 1..128 adapters, fp8 base)
 #   attention      decode attention block sizes, written to the GPU's config table
-#   tp             tensor parallelism: parity tests, then TP 1 and 2 throughput (two GPUs)
+#   tp             tensor parallelism: all-reduce latency (NCCL, symmetric memory), parity
+#                  tests, then TP 1 and 2 throughput (two GPUs)
 #   moe            fused MoE kernel tests, then the mixtral-8x7b preset beside transformers
 #                  (~94 GB on disk; the two-GPU machine has the disk for it)
 #   moe-tp2        the same preset at TP 2, bf16 and fp8 (two GPUs; right after `moe`, while
@@ -113,6 +114,7 @@ for section in "$@"; do
         run attention 400 in_benchmarks python kernel_tuning.py --only attention
         ;;
     tp)
+        run all-reduce 120 in_benchmarks python all_reduce.py --gpus 2
         LORAPLEX_TEST_DEVICE=cuda run tp-tests 400 python -m pytest -q -p no:cacheprovider -rf \
             --tb=short -s tests/engine/test_tensor_parallel.py -k "tp2_greedy or symmetric"
         LORAPLEX_TP_ALL_REDUCE=symm_mem run tp-throughput 400 in_benchmarks \

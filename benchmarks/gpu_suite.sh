@@ -18,10 +18,10 @@
 #   attention      decode attention block sizes, written to the GPU's config table
 #   tp             tensor parallelism: all-reduce latency (NCCL, symmetric memory), parity
 #                  tests, then TP 1 and 2 throughput (two GPUs)
-#   moe            fused MoE kernel tests, then the mixtral-8x7b preset beside transformers
-#                  (~94 GB on disk; the two-GPU machine has the disk for it)
-#   moe-tp2        the same preset at TP 2, bf16 and fp8 (two GPUs; right after `moe`, while
-#                  the machine still holds the checkpoint)
+#   moe            the mixtral-8x7b preset beside transformers, bf16 and fp8 (~94 GB on disk;
+#                  the two-GPU machine has the disk for it)
+#   moe-tp2        fused MoE kernel tests, then the same preset at TP 2 (two GPUs; right after
+#                  `moe`, while the machine still holds the checkpoint)
 #   serve          the server with 128 adapters over 16 slots under streaming clients; needs the
 #                  platform's wheels in .whl/ where the GPU machine has no package index:
 #                  pip download --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -123,12 +123,12 @@ for section in "$@"; do
             --tp 2 --batch 1,256 --adapters 0,32 --peft-batch 0
         ;;
     moe)
-        run moe-kernel-tests 150 python -m pytest -m gpu -q -p no:cacheprovider -rf \
-            --tb=short tests/kernels/test_fused_moe_gpu.py
-        run moe 430 in_benchmarks python moe.py --batches 1,64 --hf-batches 1,64
+        run moe 570 in_benchmarks python moe.py --batches 1,64 --hf-batches 1,64
         ;;
     moe-tp2)
-        LORAPLEX_TP_ALL_REDUCE=symm_mem run moe-tp2 560 in_benchmarks python moe.py --tp 2 \
+        run moe-kernel-tests 150 python -m pytest -m gpu -q -p no:cacheprovider -rf \
+            --tb=short tests/kernels/test_fused_moe_gpu.py
+        LORAPLEX_TP_ALL_REDUCE=symm_mem run moe-tp2 420 in_benchmarks python moe.py --tp 2 \
             --batches 1,64 --fp8-batches 1 --no-hf --no-kernel
         ;;
     serve)

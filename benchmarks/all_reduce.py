@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import statistics
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from kernel_timing import graph_time_per_call
 
 HIDDEN = 4096
 CALLS = 200
@@ -33,27 +33,12 @@ def _free_port() -> int:
 
 
 def _time_graph(call) -> float:
-    """Seconds per call: CALLS calls captured in one graph, median of REPLAYS replays. Every
-    rank captures and replays the same sequence, so the collectives pair up."""
+    """Seconds per call. Every rank warms up, captures and replays the same fixed sequence
+    (not `time_per_call`'s count estimated per rank), so the collectives pair up."""
     for _ in range(3):
         call()
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS):
-            call()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(REPLAYS):
-        dist.barrier()
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1e3 / CALLS)
-    return statistics.median(samples)
+    return graph_time_per_call([call], CALLS, REPLAYS, before_replay=dist.barrier)
 
 
 def _worker(rank: int, world: int, port: int, rows_list: list[int], results) -> None:

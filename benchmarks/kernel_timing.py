@@ -53,14 +53,29 @@ def time_per_call(
     end.synchronize()
     estimate = start.elapsed_time(end) / 1e3 / len(calls)
     count = max(len(calls), min(2000, math.ceil(target_seconds / max(estimate, 1e-7))))
+    return graph_time_per_call(calls, count, replays)
+
+
+def graph_time_per_call(
+    calls: list[Callable[[], object]],
+    count: int,
+    replays: int,
+    before_replay: Callable[[], object] | None = None,
+) -> float:
+    """Median seconds per call of `count` calls (round-robin over `calls`, compiled already)
+    captured in one CUDA graph, over `replays` replays timed with events; `before_replay`
+    runs ahead of each (a barrier, when ranks replay collectives together)."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for i in range(count):
             calls[i % len(calls)]()
     graph.replay()
     torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     samples = []
     for _ in range(replays):
+        if before_replay is not None:
+            before_replay()
         start.record()
         graph.replay()
         end.record()

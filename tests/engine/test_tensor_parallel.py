@@ -438,12 +438,12 @@ def test_shutdown_leaves_the_group_together_with_the_workers(monkeypatch):
 
 
 def test_leaving_a_group_whose_peer_is_gone_gives_up(monkeypatch, caplog):
+    """NCCL's destroy never returns once a peer is gone: leaving returns anyway (an unbounded
+    wait would hang here) and says the group was left behind."""
     never = threading.Event()
     monkeypatch.setattr(torch.distributed, "destroy_process_group", never.wait)
     state = _fake_group([])
-    started = time.monotonic()
     workers._leave_group(state, timeout_s=0.2)
-    assert time.monotonic() - started < 5
     assert "left it behind" in caplog.text
     assert not state.joined
     never.set()
